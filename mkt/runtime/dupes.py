@@ -1,0 +1,290 @@
+"""Duplicate photos: the same picture re-used across listings (a known scam signal).
+
+Two photos are duplicates when their embeddings are nearly identical (cosine similarity
+``>= threshold``) and, when perceptual hashes are available, their difference hashes
+(dHash, :func:`dhash`) are close too. The embedding alone confuses two different photos of the
+same item (same listing, shot a second apart) with a re-encoded copy; the hash, which looks at
+the picture's coarse layout rather than what is in it, separates them.
+
+Pairs are found exactly (chunked matrix product) up to :data:`BRUTE_FORCE_LIMIT` photos and
+with hnswlib beyond, then joined into groups with union-find. Everything works on arrays so
+the CLI, the server and ``benchmarks/eval_dupes.py`` share one implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: Default cosine threshold. Calibrated by ``benchmarks/eval_dupes.py`` on one half of the
+#: shared photos (byte-identical groups + JPEG q60 / 0.5x resize / 90% crop copies as positives,
+#: every other pair, including other photos of the same listing, as negatives); precision and
+#: recall on the other half are in ``benchmarks/results/dupes.json``.
+DEFAULT_THRESHOLD = 0.95
+
+#: Default largest dHash (8x8, 64 bits) Hamming distance for a duplicate (None: not checked).
+#: Calibrated together with :data:`DEFAULT_THRESHOLD` (benchmarks/eval_dupes.py).
+DEFAULT_MAX_HASH_DISTANCE: int | None = 12
+
+#: Pairs at or above this cosine are duplicates whatever the hash says (None: no override).
+DEFAULT_SURE_THRESHOLD: float | None = None
+
+#: Up to this many photos, all pairs are compared exactly; above it hnswlib finds neighbours.
+BRUTE_FORCE_LIMIT = 20_000
+
+#: hnswlib neighbours a photo when the collection is too big for the exact search.
+HNSW_NEIGHBOURS = 64
+
+HASH_SIZE = 8
+
+
+# -- perceptual hash ----------------------------------------------------------------------
+
+
+def _gray(arr: np.ndarray) -> np.ndarray:
+    a = np.asarray(arr)
+    if a.ndim == 3:
+        a = a[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    return a.astype(np.float64)
+
+
+def _resize_gray(g: np.ndarray, w: int, h: int) -> np.ndarray:
+    from PIL import Image
+
+    im = Image.fromarray(np.clip(g, 0, 255).astype(np.uint8), mode="L")
+    return np.asarray(im.resize((w, h), Image.BOX), dtype=np.float64)
+
+
+def dhash(arr: np.ndarray, size: int = HASH_SIZE) -> np.ndarray:
+    """Difference hash of an image array (``uint8`` HxWx3 or HxW): ``size*size`` bits, packed
+    into ``uint8 [size*size/8]``. Bit = "this cell is brighter than its right neighbour" on a
+    ``(size+1) x size`` grayscale thumbnail."""
+    small = _resize_gray(_gray(arr), size + 1, size)
+    bits = small[:, 1:] > small[:, :-1]
+    return np.packbits(bits.ravel())
+
+
+def ahash(arr: np.ndarray, size: int = HASH_SIZE) -> np.ndarray:
+    """Average hash: ``size*size`` bits "this cell is brighter than the mean", packed."""
+    small = _resize_gray(_gray(arr), size, size)
+    return np.packbits((small > small.mean()).ravel())
+
+
+_POP = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamming distance between packed hashes (broadcasts over leading dimensions)."""
+    x = np.bitwise_xor(np.asarray(a, np.uint8), np.asarray(b, np.uint8))
+    return _POP[x].sum(axis=-1).astype(np.int64)
+
+
+# -- the rule -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DupeRule:
+    """When is a pair a duplicate: ``score >= threshold`` and (hash distance unknown or
+    ``<= max_hash_distance``), or ``score >= sure_threshold``."""
+
+    threshold: float = DEFAULT_THRESHOLD
+    max_hash_distance: int | None = DEFAULT_MAX_HASH_DISTANCE
+    sure_threshold: float | None = DEFAULT_SURE_THRESHOLD
+
+    def accept(self, score: float, hash_distance: int | None) -> bool:
+        if self.sure_threshold is not None and score >= self.sure_threshold:
+            return True
+        if score < self.threshold:
+            return False
+        if self.max_hash_distance is None or hash_distance is None:
+            return True
+        return hash_distance <= self.max_hash_distance
+
+    def accept_array(self, scores: np.ndarray, hash_distances: np.ndarray | None) -> np.ndarray:
+        """Vectorised :meth:`accept` (``hash_distances`` < 0 means unknown)."""
+        s = np.asarray(scores, np.float64)
+        ok = s >= self.threshold
+        if self.max_hash_distance is not None and hash_distances is not None:
+            h = np.asarray(hash_distances)
+            ok &= (h < 0) | (h <= self.max_hash_distance)
+        if self.sure_threshold is not None:
+            ok |= s >= self.sure_threshold
+        return ok
+
+    @property
+    def search_threshold(self) -> float:
+        """Lowest cosine that can still be accepted: what the neighbour search must find."""
+        t = self.threshold
+        return t if self.sure_threshold is None else min(t, self.sure_threshold)
+
+
+# -- neighbour search ---------------------------------------------------------------------
+
+
+def candidate_pairs(vectors: np.ndarray, threshold: float, *, chunk: int = 2048,
+                    brute_force_limit: int = BRUTE_FORCE_LIMIT,
+                    neighbours: int = HNSW_NEIGHBOURS) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs ``i < j`` with cosine ``>= threshold``: ``(pairs int64 [P,2], scores [P])``.
+
+    Exact for up to ``brute_force_limit`` vectors; beyond, each vector's ``neighbours`` hnswlib
+    nearest are checked (a group larger than that is still joined through shared members).
+    """
+    v = np.asarray(vectors, np.float32)
+    n = len(v)
+    if n < 2:
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
+    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    ii: list[np.ndarray] = []
+    jj: list[np.ndarray] = []
+    ss: list[np.ndarray] = []
+    if n <= brute_force_limit:
+        for start in range(0, n, chunk):
+            sims = v[start : start + chunk] @ v.T
+            r, c = np.nonzero(sims >= threshold)
+            r = r + start
+            keep = c > r
+            ii.append(r[keep])
+            jj.append(c[keep])
+            ss.append(sims[r[keep] - start, c[keep]])
+    else:
+        import hnswlib
+
+        h = hnswlib.Index(space="cosine", dim=v.shape[1])
+        h.init_index(max_elements=n, ef_construction=200, M=16)
+        h.add_items(v, np.arange(n))
+        k = min(n, neighbours + 1)
+        h.set_ef(max(k, 64))
+        labels, dists = h.knn_query(v, k=k)
+        sims = 1.0 - dists
+        r = np.repeat(np.arange(n), k)
+        c = labels.ravel().astype(np.int64)
+        s = sims.ravel()
+        keep = (s >= threshold) & (c != r)
+        r, c, s = r[keep], c[keep], s[keep]
+        a, b = np.minimum(r, c), np.maximum(r, c)
+        key = np.unique(a * n + b, return_index=True)[1]
+        ii.append(a[key])
+        jj.append(b[key])
+        ss.append(s[key])
+    pairs = np.stack([np.concatenate(ii), np.concatenate(jj)], axis=1).astype(np.int64)
+    scores = np.concatenate(ss).astype(np.float32)
+    order = np.lexsort((pairs[:, 1], pairs[:, 0]))
+    return pairs[order], scores[order]
+
+
+# -- grouping -----------------------------------------------------------------------------
+
+
+class UnionFind:
+    """Disjoint sets over ``0..n-1`` (path halving, union by size)."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+        self.size = [1] * n
+
+    def find(self, x: int) -> int:
+        p = self.parent
+        while p[x] != x:
+            p[x] = p[p[x]]
+            x = p[x]
+        return x
+
+    def union(self, a: int, b: int) -> int:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return ra
+        if self.size[ra] < self.size[rb]:
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        self.size[ra] += self.size[rb]
+        return ra
+
+
+@dataclass
+class DupePair:
+    a: int
+    b: int
+    score: float
+    hash_distance: int | None = None
+
+
+@dataclass
+class DupeGroup:
+    """Photos (positions in the input) that are the same picture, and the pairs that say so."""
+
+    members: list[int]
+    pairs: list[DupePair] = field(default_factory=list)
+
+
+def group_pairs(n: int, pairs: Sequence[DupePair]) -> list[DupeGroup]:
+    """Union-find accepted pairs into groups (size >= 2), largest first, then by position."""
+    uf = UnionFind(n)
+    for p in pairs:
+        uf.union(p.a, p.b)
+    groups: dict[int, DupeGroup] = {}
+    for p in pairs:
+        root = uf.find(p.a)
+        groups.setdefault(root, DupeGroup([])).pairs.append(p)
+    for g in groups.values():
+        g.members = sorted({m for p in g.pairs for m in (p.a, p.b)})
+        g.pairs.sort(key=lambda p: (-p.score, p.a, p.b))
+    return sorted(groups.values(), key=lambda g: (-len(g.members), g.members[0]))
+
+
+def find_duplicates(
+    vectors: np.ndarray,
+    *,
+    hashes: np.ndarray | Sequence[np.ndarray | None] | None = None,
+    rule: DupeRule | None = None,
+    extra_pairs: Sequence[DupePair] = (),
+) -> list[DupeGroup]:
+    """Groups of duplicate photos among ``vectors`` (L2-normalised embeddings, one a photo).
+
+    ``hashes``: packed dHash per photo (:func:`dhash`; None entries = unknown), or None to
+    decide on the embedding alone. ``extra_pairs``: candidate pairs found elsewhere (e.g.
+    against a catalogue index, with positions beyond ``len(vectors)``), checked by the same
+    rule and joined into the same groups.
+    """
+    rule = rule or DupeRule()
+    v = np.asarray(vectors, np.float32)
+    idx, scores = candidate_pairs(v, rule.search_threshold)
+    accepted: list[DupePair] = []
+    for (a, b), s in zip(idx.tolist(), scores.tolist(), strict=True):
+        hd = _hash_distance(hashes, a, b)
+        if rule.accept(s, hd):
+            accepted.append(DupePair(int(a), int(b), float(s), hd))
+    for p in extra_pairs:
+        if rule.accept(p.score, p.hash_distance):
+            accepted.append(p)
+    n = max([len(v)] + [max(p.a, p.b) + 1 for p in accepted])
+    return group_pairs(n, accepted)
+
+
+def _hash_distance(hashes: Any, a: int, b: int) -> int | None:
+    if hashes is None:
+        return None
+    ha, hb = hashes[a], hashes[b]
+    if ha is None or hb is None:
+        return None
+    return int(hamming(ha, hb))
+
+
+__all__ = [
+    "BRUTE_FORCE_LIMIT",
+    "DEFAULT_MAX_HASH_DISTANCE",
+    "DEFAULT_SURE_THRESHOLD",
+    "DEFAULT_THRESHOLD",
+    "DupeGroup",
+    "DupePair",
+    "DupeRule",
+    "UnionFind",
+    "ahash",
+    "candidate_pairs",
+    "dhash",
+    "find_duplicates",
+    "group_pairs",
+    "hamming",
+]

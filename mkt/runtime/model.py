@@ -1,0 +1,259 @@
+"""ONNX Runtime inference: classification and embeddings from one trunk pass.
+
+The graph takes ``uint8 [N, S, S, 3]`` (letterboxed RGB) and returns ``logits [N, C]`` and
+``embedding [N, D]`` (L2-normalised), see docs/design.md. Softmax is done here in numpy.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .bundle import Bundle, load_bundle
+from .errors import BundleError
+from .images import ImageSource, load_letterboxed
+
+
+def default_threads() -> int:
+    """Intra-op threads: all physical-ish cores up to 4 (more rarely helps a tiny CNN)."""
+    env = os.environ.get("MKT_THREADS")
+    if env and env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax (float64 inside, float32 out)."""
+    x = np.asarray(logits, dtype=np.float64)
+    x = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(x)
+    return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
+
+
+def _check_shapes(session: Any, b: Bundle, path: Any) -> None:
+    """Refuse a manifest that disagrees with its graph (input size, number of labels,
+    embedding dim): it would otherwise fail on the first photo with an onnxruntime error, or
+    mislabel classes. Symbolic (named) dimensions are not checked."""
+    inp = next(i for i in session.get_inputs() if i.name == b.input_name)
+    s = b.input_size
+    if inp.type != "tensor(uint8)":
+        raise BundleError(f"{path}: model input is {inp.type}, manifest says uint8")
+    shape = list(inp.shape)
+    want: list[int | None] = [None, s, s, 3]
+    if len(shape) != 4 or any(
+        isinstance(g, int) and w is not None and g != w for g, w in zip(shape, want, strict=True)
+    ):
+        raise BundleError(
+            f"{path}: model input is {shape}, manifest says uint8 [N, {s}, {s}, 3]"
+        )
+    outs = {o.name: list(o.shape) for o in session.get_outputs()}
+    for name, n, what in (
+        (b.logits_name, len(b.labels), "labels"),
+        (b.embedding_name, b.embedding_dim, "embedding_dim"),
+    ):
+        shp = outs[name]
+        if len(shp) != 2 or (isinstance(shp[1], int) and shp[1] != n):
+            raise BundleError(
+                f"{path}: model output '{name}' is {shp}, manifest {what} says [N, {n}]"
+            )
+
+
+@dataclass
+class Prediction:
+    """One classification: best category, its probability, and the top-k list."""
+
+    path: str
+    category: str
+    score: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+    paths: list[str] | None = None  # set for a --listing prediction (several photos)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"path": self.path}
+        if self.paths is not None:
+            d["paths"] = list(self.paths)
+        d["category"] = self.category
+        d["score"] = round(float(self.score), 6)
+        d["top"] = [{"category": c, "score": round(float(s), 6)} for c, s in self.top]
+        return d
+
+
+class Model:
+    """A bundle's ONNX model in an onnxruntime CPU session.
+
+    >>> m = Model()                       # packaged bundle
+    >>> m.classify(["sofa.jpg"])[0].category
+    'Home & Garden'
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle | str | os.PathLike | None = None,
+        *,
+        variant: str | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.variant = variant or self.bundle.default_variant
+        self.threads = int(threads) if threads else default_threads()
+        path = self.bundle.model_path(self.variant)
+
+        import onnxruntime as ort  # heavy: imported when a model is actually built
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                str(path), sess_options=so, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise BundleError(f"{path}: onnxruntime cannot load the model ({e})") from None
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        b = self.bundle
+        if b.input_name not in inputs:
+            raise BundleError(f"{path}: model has no input '{b.input_name}'")
+        for name in (b.logits_name, b.embedding_name):
+            if name not in outputs:
+                raise BundleError(f"{path}: model has no output '{name}'")
+        _check_shapes(self.session, b, path)
+
+    # -- properties ---------------------------------------------------------------------
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.bundle.labels
+
+    @property
+    def input_size(self) -> int:
+        return self.bundle.input_size
+
+    @property
+    def model_id(self) -> str:
+        return self.bundle.model_id
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.bundle.embedding_dim
+
+    # -- core -----------------------------------------------------------------------------
+    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Run the graph on ``uint8 [N, S, S, 3]``: returns ``(logits [N,C], emb [N,D])``."""
+        x = np.asarray(batch)
+        s = self.input_size
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or x.shape[1:] != (s, s, 3):
+            raise ValueError(f"expected uint8 [N,{s},{s},3], got {x.dtype} {list(x.shape)}")
+        if x.dtype != np.uint8:
+            raise ValueError(f"expected uint8 input, got {x.dtype}")
+        if x.shape[0] == 0:
+            return (
+                np.zeros((0, len(self.labels)), np.float32),
+                np.zeros((0, self.embedding_dim), np.float32),
+            )
+        b = self.bundle
+        logits, emb = self.session.run(
+            [b.logits_name, b.embedding_name], {b.input_name: np.ascontiguousarray(x)}
+        )
+        return np.asarray(logits, np.float32), np.asarray(emb, np.float32)
+
+    def load(self, sources: Sequence[ImageSource], *, workers: int | None = None) -> np.ndarray:
+        """Decode + letterbox photos in parallel threads (PIL releases the GIL while decoding).
+
+        Raises :class:`BadImageError` on the first bad photo; use
+        :func:`mkt.runtime.images.load_letterboxed` per photo to skip bad ones instead.
+        """
+        s = self.input_size
+        if not sources:
+            return np.zeros((0, s, s, 3), np.uint8)
+        n = workers or self.threads
+        if n <= 1 or len(sources) == 1:
+            arrs = [load_letterboxed(p, s) for p in sources]
+        else:
+            with ThreadPoolExecutor(max_workers=n) as ex:
+                arrs = list(ex.map(lambda p: load_letterboxed(p, s), sources))
+        return np.stack(arrs)
+
+    def top_k(self, logits: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
+        """Softmax each row and return the ``k`` best ``(label, probability)`` pairs."""
+        probs = softmax(np.atleast_2d(logits))
+        k = max(1, min(int(k), probs.shape[1]))
+        out = []
+        for row in probs:
+            idx = np.argsort(-row, kind="stable")[:k]
+            out.append([(self.labels[i], float(row[i])) for i in idx])
+        return out
+
+    def classify_arrays(
+        self,
+        batch: np.ndarray,
+        names: Sequence[str] | None = None,
+        *,
+        k: int = 3,
+        listing: bool = False,
+    ) -> list[Prediction]:
+        """Classify already-letterboxed photos. ``listing``: one prediction for all photos
+        (mean of the logits, then softmax), as if they were the photos of one listing."""
+        logits, _ = self.predict(batch)
+        names = list(names) if names is not None else [str(i) for i in range(len(logits))]
+        if listing:
+            if len(logits) == 0:
+                return []
+            top = self.top_k(logits.mean(axis=0, keepdims=True), k)[0]
+            return [Prediction(names[0], top[0][0], top[0][1], top, paths=names)]
+        preds = []
+        for name, top in zip(names, self.top_k(logits, k), strict=True):
+            preds.append(Prediction(name, top[0][0], top[0][1], top))
+        return preds
+
+    def classify(
+        self, paths: Iterable[ImageSource], k: int = 3, *, listing: bool = False,
+        batch_size: int = 32,
+    ) -> list[Prediction]:
+        """Classify photos (paths or bytes): one :class:`Prediction` each, or one for all
+        of them with ``listing=True``. A bad photo raises :class:`BadImageError`."""
+        srcs = list(paths)
+        names = [
+            os.fspath(p) if isinstance(p, (str, os.PathLike)) else f"<bytes:{i}>"
+            for i, p in enumerate(srcs)
+        ]
+        if listing:
+            return self.classify_arrays(self.load(srcs), names, k=k, listing=True)
+        out: list[Prediction] = []
+        for i in range(0, len(srcs), batch_size):
+            arr = self.load(srcs[i : i + batch_size])
+            out += self.classify_arrays(arr, names[i : i + batch_size], k=k)
+        return out
+
+    def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """Embeddings ``[N, D]`` (L2-normalised) of letterboxed photos."""
+        return self.predict(batch)[1]
+
+    def embed(self, paths: Iterable[ImageSource], *, batch_size: int = 32) -> np.ndarray:
+        """Embeddings ``float32 [N, D]`` (L2-normalised) of photos, in order."""
+        srcs = list(paths)
+        parts = [
+            self.embed_arrays(self.load(srcs[i : i + batch_size]))
+            for i in range(0, len(srcs), batch_size)
+        ]
+        if not parts:
+            return np.zeros((0, self.embedding_dim), np.float32)
+        return np.concatenate(parts)
+
+    def __repr__(self) -> str:
+        return (
+            f"Model(model_id={self.model_id!r}, arch={self.bundle.arch!r}, "
+            f"variant={self.variant!r}, threads={self.threads})"
+        )
+
+
+__all__ = ["Model", "Prediction", "default_threads", "softmax"]

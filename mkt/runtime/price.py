@@ -1,0 +1,218 @@
+"""Suggested price of a photo (or a listing's photos) from the nearest catalogue listings.
+
+The rule, in order:
+
+1. Search the index for the photo's nearest photos (more than ``k``: see :func:`query_size`).
+2. One vote per listing: hits are grouped by ``product_id`` (a photo without one is its own
+   listing) and a listing keeps its best score, so the two photos of one listing never vote
+   twice. With several query photos (``--listing``) the hits of all photos are merged the
+   same way.
+3. Drop listings without a usable price: unknown, ``<= £0`` (free / "price on request") or
+   above :data:`MAX_VALID_PRICE` (absurd asks such as £10,000,000). The same rule as
+   ``mkt.training.metrics.valid_price``, which the price baselines use.
+4. The ``k`` best remaining listings vote with weight ``exp((score - best_score) / tau)``
+   (``tau = inf``: equal weights). The suggestion is the weighted median of their prices,
+   the range is the weighted 25th-75th percentile. Quantiles are interpolated on log price
+   (prices are multiplicative: between £10 and £1,000 the middle is £100, not £505).
+
+The defaults (:data:`DEFAULT_K`, :data:`DEFAULT_TAU`) were tuned on the validation split by
+``benchmarks/eval_price.py`` (results in ``benchmarks/results/price.json``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: Prices above this are treated as absurd and never vote (the data has asks of £1,234,567
+#: and £10,000,000 for bicycle parts). Same cap as the training-side price rule.
+MAX_VALID_PRICE = 100_000.0
+
+#: How many listings vote. Tuned on the val split (benchmarks/eval_price.py).
+DEFAULT_K = 25
+
+#: Similarity temperature of the vote weights ``exp((s - s_best) / tau)``; ``math.inf`` gives
+#: equal weights. Tuned on the val split (benchmarks/eval_price.py).
+DEFAULT_TAU = 0.05
+
+#: The reported range: these weighted quantiles of the neighbours' prices.
+RANGE_QUANTILES = (0.25, 0.75)
+
+
+def valid_price(price: Any, max_price: float = MAX_VALID_PRICE) -> bool:
+    """True when ``price`` is a known number above £0 and at most ``max_price``."""
+    if price is None or isinstance(price, bool):
+        return False
+    try:
+        p = float(price)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(p) and 0.0 < p <= max_price
+
+
+def weighted_quantile(values: Sequence[float], weights: Sequence[float] | None,
+                      q: float | Sequence[float]) -> np.ndarray:
+    """Weighted quantile(s) with linear interpolation between the weight midpoints.
+
+    Each value sits at the centre of its share of the total weight; with equal weights the
+    0.5 quantile is the ordinary median (the mean of the two middle values for even n).
+    """
+    v = np.asarray(values, np.float64)
+    if v.size == 0:
+        raise ValueError("weighted_quantile of nothing")
+    w = np.ones_like(v) if weights is None else np.asarray(weights, np.float64)
+    if w.shape != v.shape or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError("weights must be finite, >= 0, not all 0, one per value")
+    order = np.argsort(v, kind="stable")
+    v, w = v[order], w[order]
+    keep = w > 0
+    v, w = v[keep], w[keep]
+    pos = (np.cumsum(w) - 0.5 * w) / w.sum()
+    return np.interp(np.atleast_1d(np.asarray(q, np.float64)), pos, v)
+
+
+def vote_weights(scores: Sequence[float], tau: float = DEFAULT_TAU) -> np.ndarray:
+    """``exp((s - max s) / tau)``: 1 for the best neighbour, less for worse ones."""
+    s = np.asarray(scores, np.float64)
+    if s.size == 0:
+        return s
+    if not math.isfinite(tau):
+        return np.ones_like(s)
+    if tau <= 0:
+        raise ValueError("tau must be > 0 (or inf for equal weights)")
+    return np.exp((s - s.max()) / tau)
+
+
+def query_size(k: int, count: int) -> int:
+    """How many photos to fetch from an index of ``count`` to find ``k`` priced listings
+    (listings have ~1.8 photos; a few have no usable price)."""
+    return max(1, min(int(count), 3 * int(k) + 10))
+
+
+def _listing_key(hit: Any) -> str:
+    pid = (hit.meta or {}).get("product_id")
+    return f"p:{pid}" if pid else f"i:{hit.id}"
+
+
+def merge_hits(hit_lists: Iterable[Sequence[Any]], *, exclude_ids: Iterable[str] = (),
+               exclude_products: Iterable[str] = ()) -> list[Any]:
+    """One hit per listing (its best score) from one or several photos' hit lists, best first.
+
+    ``exclude_ids`` / ``exclude_products``: photo ids / listing ids never to use (e.g. the
+    query's own listing when it is in the catalogue).
+    """
+    ex_ids = {str(i) for i in exclude_ids}
+    ex_products = {str(p) for p in exclude_products}
+    best: dict[str, Any] = {}
+    for hits in hit_lists:
+        for h in hits:
+            pid = (h.meta or {}).get("product_id")
+            if h.id in ex_ids or (pid is not None and str(pid) in ex_products):
+                continue
+            key = _listing_key(h)
+            if key not in best or h.score > best[key].score:
+                best[key] = h
+    return sorted(best.values(), key=lambda h: (-h.score, h.id))
+
+
+@dataclass
+class PriceSuggestion:
+    """A suggested price with its range and the listings that voted (best first)."""
+
+    path: str
+    price: float | None
+    low: float | None
+    high: float | None
+    neighbours: list[dict[str, Any]] = field(default_factory=list)
+    paths: list[str] | None = None  # set when several photos were priced as one listing
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"path": self.path}
+        if self.paths is not None:
+            d["paths"] = list(self.paths)
+        d["price"] = self.price
+        d["low"] = self.low
+        d["high"] = self.high
+        d["neighbours"] = [dict(n) for n in self.neighbours]
+        return d
+
+
+def _money(x: float) -> float:
+    return round(float(x), 2)
+
+
+def suggest_from_hits(
+    hit_lists: Iterable[Sequence[Any]],
+    *,
+    k: int = DEFAULT_K,
+    tau: float = DEFAULT_TAU,
+    max_price: float = MAX_VALID_PRICE,
+    path: str = "",
+    paths: list[str] | None = None,
+    exclude_ids: Iterable[str] = (),
+    exclude_products: Iterable[str] = (),
+) -> PriceSuggestion:
+    """The price rule (module docstring) applied to index hits of one photo or one listing.
+
+    ``price``/``low``/``high`` are None when no neighbour has a usable price (e.g. an index
+    of a plain photo folder, which has no prices).
+    """
+    if int(k) < 1:
+        raise ValueError("k must be >= 1")
+    merged = merge_hits(hit_lists, exclude_ids=exclude_ids, exclude_products=exclude_products)
+    voters = [h for h in merged if valid_price(h.meta.get("price"), max_price)][: int(k)]
+    if not voters:
+        return PriceSuggestion(path, None, None, None, [], paths)
+    prices = np.array([float(h.meta["price"]) for h in voters])
+    w = vote_weights([h.score for h in voters], tau)
+    lo, mid, hi = np.exp(weighted_quantile(np.log(prices), w, (RANGE_QUANTILES[0], 0.5,
+                                                               RANGE_QUANTILES[1])))
+    neighbours = []
+    for h in voters:
+        n: dict[str, Any] = {"id": h.id}
+        for key in ("product_id", "title"):
+            if h.meta.get(key) is not None:
+                n[key] = h.meta[key]
+        n["price"] = float(h.meta["price"])
+        n["score"] = round(float(h.score), 6)
+        neighbours.append(n)
+    return PriceSuggestion(path, _money(mid), _money(lo), _money(hi), neighbours, paths)
+
+
+def predict_log_price(
+    scores: np.ndarray, log_prices: np.ndarray, *, k: int = DEFAULT_K, tau: float = DEFAULT_TAU,
+    statistic: str = "median",
+) -> float:
+    """Vectorised core for evaluation: the log of the suggested price from neighbours that
+    are already one-per-listing, priced, and sorted best first. ``statistic``: ``median``
+    (what :func:`suggest_from_hits` does) or ``mean`` (weighted mean of log price)."""
+    s = np.asarray(scores, np.float64)[: int(k)]
+    lp = np.asarray(log_prices, np.float64)[: int(k)]
+    if s.size == 0:
+        return float("nan")
+    w = vote_weights(s, tau)
+    if statistic == "mean":
+        return float(np.sum(w * lp) / np.sum(w))
+    if statistic != "median":
+        raise ValueError(f"unknown statistic {statistic!r}")
+    return float(weighted_quantile(lp, w, 0.5)[0])
+
+
+__all__ = [
+    "DEFAULT_K",
+    "DEFAULT_TAU",
+    "MAX_VALID_PRICE",
+    "RANGE_QUANTILES",
+    "PriceSuggestion",
+    "merge_hits",
+    "predict_log_price",
+    "query_size",
+    "suggest_from_hits",
+    "valid_price",
+    "vote_weights",
+    "weighted_quantile",
+]

@@ -1,0 +1,261 @@
+"""mkt.runtime.index: on-disk layout, add/remove/search, crash safety, tamper and model checks."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+
+from mkt.runtime import index as mi
+from mkt.runtime.catalogue import iter_source, read_csv_rows, read_products
+from mkt.runtime.errors import MktIndexError
+from mkt.runtime.index import Index
+
+DIM = 16
+
+
+def _vecs(n: int, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _make(path, n=20, **kw) -> Index:
+    ids = [f"p{i}" for i in range(n)]
+    meta = [{"product_id": f"L{i // 2}", "title": f"thing {i}", "price": i * 1.5,
+             "category": "Home & Garden", "location": "Leeds", "path": f"images/p{i}.jpg"}
+            for i in range(n)]
+    return Index.create(path, model_id="m1", dim=DIM, ids=ids, vectors=_vecs(n), meta=meta, **kw)
+
+
+def test_layout_and_roundtrip(tmp_path):
+    d = tmp_path / "idx"
+    _make(d, M=8, ef_construction=50, ef=20)
+    info = json.loads((d / "index.json").read_text())
+    assert info["schema_version"] == 1 and info["space"] == "cosine"
+    assert (info["model_id"], info["dim"], info["count"]) == ("m1", DIM, 20)
+    assert (info["M"], info["ef_construction"], info["ef"]) == (8, 50, 20)
+    g = info["generation"]
+    assert set(info["files"]) == {f"vectors-{g}.hnsw", f"meta-{g}.sqlite"}
+    assert sorted(p.name for p in d.iterdir()) == sorted(["index.json", *info["files"]])
+    con = sqlite3.connect(d / f"meta-{g}.sqlite")
+    cols = [r[1] for r in con.execute("PRAGMA table_info(items)")]
+    assert cols == ["label", "id", "product_id", "title", "price", "category", "location", "path"]
+    con.close()
+
+    again = Index.open(d, model_id="m1")
+    assert again.count == 20 and again.get("p3")["title"] == "thing 3"
+    hits = again.search(_vecs(20)[3], k=5)[0]
+    assert hits[0].id == "p3" and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert hits[0].to_dict() == {"id": "p3", "score": pytest.approx(1.0, abs=1e-5),
+                                 "product_id": "L1", "title": "thing 3", "price": 4.5,
+                                 "category": "Home & Garden"}
+
+
+def test_add_remove_search(tmp_path):
+    d = tmp_path / "idx"
+    idx = _make(d, n=10)
+    g0 = idx.generation
+    extra = _vecs(3, seed=5)
+    assert idx.add(["n0", "n1", "n2"], extra) == 3
+    assert idx.count == 13 and idx.generation == g0 + 1
+    assert idx.search(extra[1], k=1)[0][0].id == "n1"
+    assert idx.search(extra[1], k=1)[0][0].to_dict().keys() == {"id", "score"}  # no metadata
+
+    missing = idx.remove(["n1", "p0", "nope"])
+    assert missing == ["nope"]
+    assert idx.count == 11 and "n1" not in idx and "p0" not in idx
+    hits = Index.open(d).search(extra[1], k=11)[0]
+    assert len(hits) == 11 and "n1" not in {h.id for h in hits}
+    # only the current generation's files remain
+    names = {p.name for p in d.iterdir()}
+    assert names == {"index.json", *json.loads((d / "index.json").read_text())["files"]}
+
+
+def test_add_existing_id_replaces(tmp_path):
+    idx = _make(tmp_path / "idx", n=5)
+    v = _vecs(1, seed=9)
+    idx.add(["p2"], v, [{"title": "new"}])
+    assert idx.count == 5 and idx.get("p2")["title"] == "new"
+    assert idx.search(v, k=1)[0][0].id == "p2"
+
+
+def test_k_larger_than_count_and_empty(tmp_path):
+    idx = _make(tmp_path / "a", n=4)
+    assert [len(h) for h in idx.search(_vecs(2, seed=3), k=50)] == [4, 4]
+    empty = Index.create(tmp_path / "b", model_id="m1", dim=DIM)
+    assert empty.count == 0 and empty.search(_vecs(2), k=3) == [[], []]
+    idx.remove(["p0", "p1", "p2"])
+    assert len(idx.search(_vecs(1), k=10)[0]) == 1
+
+
+def test_search_after_many_deletions_returns_all_live(tmp_path):
+    idx = _make(tmp_path / "idx", n=200, M=4, ef=4)
+    idx.remove([f"p{i}" for i in range(0, 200, 3)] + [f"p{i}" for i in range(1, 200, 3)])
+    live = idx.count
+    hits = idx.search(_vecs(1, seed=11), k=live)[0]
+    assert sorted(h.id for h in hits) == sorted(idx.ids())
+
+
+def test_identical_vector_is_returned_not_filtered(tmp_path):
+    v = _vecs(3)
+    idx = Index.create(tmp_path / "i", model_id="m1", dim=DIM, ids=["a", "b", "c"], vectors=v)
+    idx.add(["a_copy"], v[:1])  # byte-identical photo -> identical embedding
+    top = idx.search(v[0], k=2)[0]
+    assert {h.id for h in top} == {"a", "a_copy"}
+
+
+def test_crash_mid_write_keeps_old_index(tmp_path, monkeypatch):
+    d = tmp_path / "idx"
+    idx = _make(d, n=6)
+    before = (d / "index.json").read_bytes()
+
+    def boom(path, obj):
+        # the new generation's files are written; die before index.json is swapped
+        (path.with_name(path.name + ".tmp")).write_text('{"half": ')
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(mi, "_write_json_atomic", boom)
+    with pytest.raises(MktIndexError, match="disk full"):
+        idx.add(["x"], _vecs(1, seed=4))
+    # in-memory object rolled back to what is on disk
+    assert idx.count == 6 and "x" not in idx
+    assert (d / "index.json").read_bytes() == before
+    again = Index.open(d)
+    assert again.count == 6 and "x" not in again
+
+    monkeypatch.undo()
+    idx.add(["y"], _vecs(1, seed=6))  # recovers; stale files from the failed write cleaned
+    assert Index.open(d).count == 7
+    names = {p.name for p in d.iterdir()}
+    assert names == {"index.json", *json.loads((d / "index.json").read_text())["files"]}
+
+
+def test_crash_in_os_replace_keeps_old_index(tmp_path, monkeypatch):
+    d = tmp_path / "idx"
+    _make(d, n=6)
+    idx = Index.open(d)
+
+    def bad_replace(src, dst):
+        raise OSError("power cut (simulated)")
+
+    monkeypatch.setattr(mi.os, "replace", bad_replace)
+    with pytest.raises(MktIndexError):
+        idx.remove(["p1"])
+    monkeypatch.undo()
+    assert Index.open(d).count == 6 and "p1" in Index.open(d)
+
+
+def test_tampered_byte_refused(tmp_path):
+    d = tmp_path / "idx"
+    _make(d)
+    info = json.loads((d / "index.json").read_text())
+    vec = d / next(n for n in info["files"] if n.endswith(".hnsw"))
+    data = bytearray(vec.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    vec.write_bytes(bytes(data))
+    with pytest.raises(MktIndexError, match="sha256 mismatch"):
+        Index.open(d)
+
+
+def test_tampered_meta_and_missing_files_refused(tmp_path):
+    d = tmp_path / "idx"
+    _make(d)
+    info = json.loads((d / "index.json").read_text())
+    meta = d / next(n for n in info["files"] if n.endswith(".sqlite"))
+    meta.unlink()
+    with pytest.raises(MktIndexError, match="missing"):
+        Index.open(d)
+    with pytest.raises(MktIndexError, match="no index.json"):
+        Index.open(tmp_path)
+    with pytest.raises(MktIndexError, match="not found"):
+        Index.open(tmp_path / "nowhere")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "index.json").write_text("{not json")
+    with pytest.raises(MktIndexError, match="malformed"):
+        Index.open(tmp_path / "junk")
+
+
+def test_model_id_mismatch_refused(tmp_path):
+    d = tmp_path / "idx"
+    _make(d)
+    with pytest.raises(MktIndexError, match="model"):
+        Index.open(d, model_id="other")
+
+
+def test_create_refuses_existing_unless_overwrite(tmp_path):
+    d = tmp_path / "idx"
+    _make(d, n=3)
+    with pytest.raises(MktIndexError, match="already exists"):
+        _make(d, n=3)
+    idx = _make(d, n=5, overwrite=True)
+    assert Index.open(d).count == 5 and idx.generation >= 1
+
+
+def test_wrong_dim_refused(tmp_path):
+    idx = _make(tmp_path / "i", n=3)
+    with pytest.raises(MktIndexError):
+        idx.add(["z"], np.ones((1, DIM + 1), np.float32))
+    with pytest.raises(MktIndexError):
+        idx.search(np.ones((1, DIM + 1), np.float32))
+
+
+# -- catalogue (dataset folders) --------------------------------------------------------------
+
+
+def test_dataset_fixture_catalogue(dataset_dir):
+    items = iter_source(dataset_dir)
+    assert len(items) == len(read_csv_rows(dataset_dir / "Images.csv")) == 26
+    assert all(it.path.is_file() for it in items)
+    cats = {it.category for it in items}
+    assert len(cats) == 13
+    for it in items:
+        assert it.title and "Gumtree" not in it.title
+        assert isinstance(it.price, float)
+    assert items[0].meta(dataset_dir)["path"].startswith("images/")
+
+
+def test_real_products_csv_row_count():
+    from pathlib import Path
+
+    src = Path("/work/shared/data/marketplace")
+    if not (src / "Products.csv").is_file():
+        pytest.skip("shared data not available")
+    products = read_products(src)
+    assert len(products) == 6437
+    assert len({p["category"] for p in products.values()}) == 13
+
+
+def test_plain_folder_catalogue(fixture_photos):
+    items = iter_source(fixture_photos[0].parent)
+    assert [it.id for it in items] == [p.stem for p in fixture_photos]
+    assert items[0].product_id is None and items[0].title is None
+
+
+def test_catalogue_field_parsing():
+    from mkt.runtime.catalogue import clean_title, parse_price, root_category
+
+    assert clean_title("Sofa bed | in Leeds, West Yorkshire | Gumtree") == "Sofa bed"
+    assert clean_title("A | B | in Town | Gumtree") == "A | B"
+    assert parse_price("£1,250.00") == 1250.0 and parse_price("£0.00") == 0.0
+    assert parse_price("") is None and parse_price("free") is None
+    assert root_category("Music, Films, Books & Games / Books / Fiction") == (
+        "Music, Films, Books & Games"
+    )
+
+
+def test_products_csv_bare_cr_in_unquoted_field(tmp_path):
+    d = tmp_path / "ds"
+    (d / "images").mkdir(parents=True)
+    (d / "Products.csv").write_bytes(
+        b",id,product_name,category,product_description,price,location\n"
+        b"0,p1,\"Lamp | in Bath, Somerset | Gumtree\",Home & Garden / Lighting,"
+        b"bright\rlamp\rno box,\"\xc2\xa31,250.00\",\"Bath, Somerset\"\n"
+    )
+    (d / "Images.csv").write_text(",id,product_id\n0,ph1,p1\n")
+    (item,) = iter_source(d)
+    assert (item.id, item.product_id, item.title, item.price, item.category, item.location) == (
+        "ph1", "p1", "Lamp", 1250.0, "Home & Garden", "Bath, Somerset"
+    )
