@@ -1,0 +1,69 @@
+"""``mkt export``: checkpoint -> bundle. Registered by mkt.cli as a typer command.
+
+Only typer and the standard library are imported here; torch/onnx load inside the command.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+
+METHODS = ("minmax", "entropy", "percentile")
+
+
+def export_command(
+    checkpoint: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                      help="Training checkpoint (.pt, docs/design.md format)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write."),
+    data: Path | None = typer.Option(
+        None, "--data", file_okay=False,
+        help="Cleaned data dir (calibration: train split, parity: test split). "
+             "Default: the checkpoint's data.clean_dir."),
+    photos: Path | None = typer.Option(
+        None, "--photos", exists=True, file_okay=False,
+        help="A folder of photos for both calibration and parity instead of --data "
+             "(no labels: no accuracy numbers)."),
+    int8_only: bool = typer.Option(False, "--int8-only", help="Leave model.fp32.onnx out."),
+    calib: int = typer.Option(300, "--calib", min=1, help="Number of calibration photos."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the calibration/parity sample."),
+    calibrate_method: str = typer.Option(
+        "minmax", "--calibrate-method",
+        help="Calibration method tried first: minmax | entropy | percentile."),
+    parity_limit: int | None = typer.Option(
+        None, "--parity-limit", min=1, help="At most this many parity photos (default: all)."),
+    exhaustive: bool = typer.Option(
+        False, "--exhaustive", help="Run every quantisation config and keep the best, instead "
+                                    "of stopping at the first that meets the targets."),
+) -> None:
+    """Export a checkpoint to a bundle: fp32 + static int8 ONNX, parity report, manifest."""
+    if calibrate_method not in METHODS:
+        raise typer.BadParameter(f"choose from {', '.join(METHODS)}",
+                                 param_hint="--calibrate-method")
+    if data is not None and photos is not None:
+        raise typer.BadParameter("give --data or --photos, not both", param_hint="--photos")
+
+    from mkt.export import export_bundle
+
+    def log(msg: str) -> None:
+        typer.echo(msg, err=True)
+
+    command = shlex.join(["mkt", *sys.argv[1:]])
+    try:
+        manifest = export_bundle(
+            checkpoint, out, data=data, photos=photos, int8_only=int8_only, calib=calib,
+            seed=seed, calibrate_method=calibrate_method, parity_limit=parity_limit,
+            exhaustive=exhaustive, command=command, log=log,
+        )
+    except (OSError, ValueError, RuntimeError) as e:
+        typer.echo(f"mkt: error: {' '.join(str(e).split())}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(str(out))
+    if not manifest["parity"]["meets_targets"]:
+        typer.echo("mkt: warning: int8 model misses the parity targets; see parity.json",
+                   err=True)
+
+
+__all__ = ["export_command"]
