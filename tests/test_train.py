@@ -26,13 +26,15 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "arch,mode,weights",
-    [("efficientnet_lite0", "cached", "imagenet"), ("resnet50", "full", None)],
+    "arch,mode,weights,lr",
+    # random-init ResNet-50 diverges at a high rate on a tiny batch: it gets a gentle one
+    [("efficientnet_lite0", "cached", "imagenet", 3e-3), ("resnet50", "full", None, 1e-4)],
 )
-def test_tiny_training_loss_falls_and_checkpoint_reloads(data_dir, tmp_path, arch, mode, weights):
+def test_tiny_training_loss_falls_and_checkpoint_reloads(data_dir, tmp_path, arch, mode, weights,
+                                                         lr):
     out = tmp_path / arch
     cfg = TrainConfig(data=str(data_dir), out=str(out), arch=arch, weights=weights, mode=mode,
-                      epochs=3, max_steps=3, batch_listings=64, lr=3e-3, n_aug=1,
+                      epochs=3, max_steps=3, batch_listings=64, lr=lr, n_aug=1,
                       progress=False, tensorboard=False, threads=2)
     metrics = train(cfg)
     assert metrics["last_loss"] < metrics["first_loss"]

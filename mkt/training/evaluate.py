@@ -1,0 +1,259 @@
+"""`mkt evaluate CKPT`: a checkpoint on the test split, always beside frozen ImageNet features.
+
+The fine-tuned model is scored with its own heads (logits for categories, embedding for
+retrieval). The baseline is the same backbone with its ImageNet weights and no training on this
+data: a logistic-regression probe on its pooled features for categories, and its L2-normalised
+pooled features for retrieval. Both run through the same ONNX Runtime inference
+(``features.model_outputs``) on the same photos, so the comparison is like for like.
+
+Metrics (definitions in ``mkt.training.metrics``): photo top-1/top-3, listing top-1 (mean of a
+listing's photo logits), per-class accuracy, confusion matrix; same-listing recall@1/@10 within
+the test photos; category precision@10 of test photos against the train photos (the catalogue,
+as `mkt similar` searches it); kNN price suggestion (median log price of the 25 nearest train
+photos with a valid price, averaged over a listing's photos), R² against the true log price.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from threadpoolctl import threadpool_limits
+
+from mkt.training import metrics as M
+from mkt.training.report import md_table, plot_confusion, plot_per_class, write_json
+
+TARGETS = {"photo_top1": 0.70, "recall@1": 0.70, "recall@10": 0.90, "precision@10": 0.60,
+           "price_r2_log": 0.40}
+METRIC_NAMES = {
+    "photo_top1": "photo top-1 accuracy",
+    "photo_top3": "photo top-3 accuracy",
+    "listing_top1": "listing top-1 accuracy (mean of photo logits)",
+    "recall@1": "same-listing recall@1 (test vs test)",
+    "recall@10": "same-listing recall@10 (test vs test)",
+    "precision@10": "category precision@10 (test vs train catalogue)",
+    "price_r2_log": "kNN price R² on log price (k=25, train catalogue)",
+}
+PROBE_C = 0.1
+PRICE_K = 25
+
+
+def score(logits: np.ndarray, emb: np.ndarray, y: np.ndarray, listing: np.ndarray,
+          logprice: np.ndarray, db_emb: np.ndarray, db_y: np.ndarray, db_logprice: np.ndarray,
+          n_classes: int, k_price: int = PRICE_K) -> dict:
+    """Every metric for one model's test outputs against its train-photo catalogue."""
+    pred = logits.argmax(1)
+    rec = M.same_listing_recall(emb, listing, ks=(1, 10))
+    return {
+        "photo_top1": M.topk_accuracy(logits, y, 1),
+        "photo_top3": M.topk_accuracy(logits, y, 3),
+        "listing_top1": M.listing_accuracy(logits, y, listing),
+        "recall@1": rec[1],
+        "recall@10": rec[10],
+        "precision@10": M.category_precision_at_k(emb, y, db_emb, db_y, 10),
+        "price_r2_log": M.knn_price_r2(emb, listing, logprice, db_emb, db_logprice, k_price),
+        "per_class": M.per_class_accuracy(y, pred, n_classes),
+        "confusion": M.confusion(y, pred, n_classes),
+    }
+
+
+def _split_sha(data: Path) -> str:
+    p = data / "split.csv"
+    return hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else ""
+
+
+def _log_prices(data: Path, product_ids: list[str]) -> np.ndarray:
+    listings = pd.read_parquet(data / "listings.parquet", columns=["product_id", "price"])
+    price = listings.set_index("product_id")["price"].reindex(product_ids).to_numpy(np.float64)
+    ok = M.valid_price(price)
+    return np.where(ok, np.log(np.where(ok, price, 1.0)), np.nan)
+
+
+def _probe_logits(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray,
+                  n_classes: int, seed: int = 0) -> np.ndarray:
+    """Standardised logistic-regression probe on frozen features; scores ``[N, n_classes]``."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(),
+                        LogisticRegression(C=PROBE_C, max_iter=500, random_state=seed))
+    with warnings.catch_warnings(), threadpool_limits(1):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(f_train, y_train)
+        s = clf.decision_function(f_test)
+    out = np.full((len(f_test), n_classes), -np.inf)
+    cls = clf.classes_
+    out[:, cls] = s if s.ndim == 2 else np.c_[-s, s]
+    return out
+
+
+def evaluate(checkpoint: Path, data: Path | None = None, out: Path | None = None,
+             baseline: bool = True, limit: int | None = None, progress: bool = False) -> dict:
+    """Evaluate ``checkpoint`` on the test split; writes report.json/.md and PNGs to ``out``.
+
+    ``data`` defaults to the checkpoint's cleaned data dir; ``limit`` keeps about that many
+    photos (whole listings, every split) for quick checks.
+    """
+    from mkt.training.features import model_outputs
+    from mkt.training.models import build_model, get_arch
+    from mkt.training.train import TrainConfig, load_checkpoint, load_train_data
+
+    checkpoint = Path(checkpoint)
+    out = Path(out) if out is not None else checkpoint.parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    t_all = time.time()
+    model, ckpt = load_checkpoint(checkpoint)
+    data = Path(data) if data is not None else Path(ckpt["data"]["clean_dir"])
+    images = (ckpt.get("config") or {}).get("images")
+    td = load_train_data(TrainConfig(data=str(data), out="", images=images, limit_photos=limit,
+                                     progress=False, tensorboard=False))
+    labels = list(ckpt["labels"])
+    if td.labels != labels:
+        raise ValueError(f"{data}: labels {td.labels} differ from the checkpoint's {labels}")
+    n = len(labels)
+    tr, te = td.split == "train", td.split == "test"
+    if not te.any() or not tr.any():
+        raise ValueError(f"{data}: the split has no test or no train photos")
+    paths = np.asarray(td.paths)
+    logprice = _log_prices(data, td.product_ids)
+    y_tr, y_te, lst_te = td.label[tr], td.label[te], td.listing[te]
+    lp_tr, lp_te = logprice[tr], logprice[te]
+    timings: dict[str, float] = {}
+
+    t = time.time()
+    o_tr = model_outputs(model, list(paths[tr]), ckpt["mean"], ckpt["std"], ckpt["input_size"],
+                         progress=progress)
+    o_te = model_outputs(model, list(paths[te]), ckpt["mean"], ckpt["std"], ckpt["input_size"],
+                         progress=progress)
+    timings["inference_finetuned_s"] = round(time.time() - t, 1)
+    t = time.time()
+    with threadpool_limits(1):
+        ft = score(o_te["logits"], o_te["embedding"], y_te, lst_te, lp_te, o_tr["embedding"],
+                   y_tr, lp_tr, n)
+    timings["metrics_finetuned_s"] = round(time.time() - t, 1)
+
+    base: dict | None = None
+    base_info: dict = {"requested": baseline}
+    if baseline:
+        t = time.time()
+        try:
+            bmodel = build_model(ckpt["arch"], n, ckpt["embed_dim"], pretrained="imagenet")
+        except Exception as exc:  # noqa: BLE001 - offline download etc.: report, don't die
+            bmodel = None
+            base_info["unavailable"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        if bmodel is not None and "random" in str(bmodel.pretrained).lower():
+            base_info["unavailable"] = f"{ckpt['arch']} has no ImageNet weights"
+            bmodel = None
+        if bmodel is not None:
+            spec = get_arch(ckpt["arch"])
+            base_info["pretrained"] = bmodel.pretrained
+            b_tr = model_outputs(bmodel, list(paths[tr]), spec.mean, spec.std, spec.input_size,
+                                 progress=progress)["features"]
+            b_te = model_outputs(bmodel, list(paths[te]), spec.mean, spec.std, spec.input_size,
+                                 progress=progress)["features"]
+            timings["inference_baseline_s"] = round(time.time() - t, 1)
+            t = time.time()
+            b_logits = _probe_logits(b_tr, y_tr, b_te, n)
+            timings["probe_baseline_s"] = round(time.time() - t, 1)
+            t = time.time()
+            e_tr, e_te = M.l2_normalise(b_tr), M.l2_normalise(b_te)
+            with threadpool_limits(1):
+                base = score(b_logits, e_te, y_te, lst_te, lp_te, e_tr, y_tr, lp_tr, n)
+            timings["metrics_baseline_s"] = round(time.time() - t, 1)
+            base_info.update({"features": "pooled trunk features, L2-normalised for retrieval",
+                              "feature_dim": int(b_tr.shape[1]),
+                              "probe": f"StandardScaler + LogisticRegression(C={PROBE_C}, "
+                                       "max_iter=500) on train photos"})
+    timings["total_s"] = round(time.time() - t_all, 1)
+
+    support = np.bincount(y_te, minlength=n)
+    ck_sha = ckpt["data"].get("split_sha256", "")
+    report = {
+        "checkpoint": {"path": str(checkpoint.resolve()), "arch": ckpt["arch"],
+                       "pretrained": ckpt.get("pretrained"), "epoch": ckpt.get("epoch"),
+                       "best_metric": ckpt.get("best_metric"), "command": ckpt.get("command"),
+                       "config": ckpt.get("config"), "data": ckpt.get("data")},
+        "data": {"clean_dir": str(data.resolve()), "split_sha256": _split_sha(data),
+                 "split_matches_checkpoint": (_split_sha(data) == ck_sha) if ck_sha else None,
+                 "limit": limit},
+        "counts": {"train_photos": int(tr.sum()), "test_photos": int(te.sum()),
+                   "test_listings": int(len(np.unique(lst_te))),
+                   "recall_queries": M.same_listing_queries(lst_te),
+                   "price_test_listings": int(len(np.unique(lst_te[np.isfinite(lp_te)]))),
+                   "price_catalogue_photos": int(np.isfinite(lp_tr).sum()),
+                   "test_per_class": dict(zip(labels, support.tolist(), strict=True))},
+        "labels": labels,
+        "targets": TARGETS,
+        "price_rule": "price known, > £0 and <= £100,000 (query listings and catalogue alike)",
+        "finetuned": ft,
+        "baseline": base,
+        "baseline_info": base_info,
+        "timings": timings,
+    }
+    report["finetuned_meets_targets"] = {k: bool(ft[k] >= v) for k, v in TARGETS.items()
+                                         if np.isfinite(ft[k])}
+    write_json(out / "report.json", report)
+    plot_confusion(ft["confusion"], labels, out / "confusion.png",
+                   f"fine-tuned {ckpt['arch']}: test photos, rows normalised")
+    if base is not None:
+        plot_confusion(base["confusion"], labels, out / "confusion_baseline.png",
+                       f"frozen ImageNet {ckpt['arch']} + linear probe: rows normalised")
+    series = {}
+    if base is not None:
+        series["frozen ImageNet + probe"] = base["per_class"]
+    series["fine-tuned"] = ft["per_class"]
+    plot_per_class(labels, series, out / "per_class.png",
+                   f"per-class test accuracy ({ckpt['arch']})", support=support.tolist())
+    (out / "report.md").write_text(render_markdown(report))
+    return report
+
+
+def render_markdown(r: dict) -> str:
+    ft, base, ck = r["finetuned"], r["baseline"], r["checkpoint"]
+    rows = []
+    for key, name in METRIC_NAMES.items():
+        target = r["targets"].get(key)
+        met = (ft[key] >= target) if target is not None and np.isfinite(ft[key]) else None
+        rows.append([name, base[key] if base else None, ft[key],
+                     f">= {target:.2f}" if target is not None else "–", met])
+    c = r["counts"]
+    bi = r["baseline_info"]
+    lines = [
+        f"# Evaluation: {ck['arch']} ({ck['pretrained']}), epoch {ck['epoch']}\n",
+        f"Checkpoint `{ck['path']}`; trained with `{ck['command']}`.",
+        f"Data `{r['data']['clean_dir']}`, test split: {c['test_photos']} photos of "
+        f"{c['test_listings']} listings; catalogue: {c['train_photos']} train photos. "
+        "Split matches the checkpoint's: "
+        f"{ {True: 'yes', False: 'NO', None: 'unknown'}[r['data']['split_matches_checkpoint']] }."
+        + (f" Limited to about {r['data']['limit']} photos." if r["data"]["limit"] else "")
+        + "\n",
+        md_table(["metric", "frozen ImageNet", "fine-tuned", "target", "met"], rows),
+    ]
+    if base is None:
+        lines.append(f"Frozen-ImageNet baseline: unavailable "
+                     f"({bi.get('unavailable', 'not requested')}).\n")
+    else:
+        lines.append(f"Frozen ImageNet: {bi['pretrained']}, {bi['features']} "
+                     f"({bi['feature_dim']}-d); categories by {bi['probe']}.\n")
+    lines += [
+        f"Recall queries: {c['recall_queries']} test photos whose listing has another test "
+        "photo (query excluded from the candidates). Price: "
+        f"{c['price_test_listings']} test listings and {c['price_catalogue_photos']} catalogue "
+        f"photos with a valid price ({r['price_rule']}). The price R² target belongs to a later "
+        "issue.\n",
+        "## Per-class test accuracy\n",
+    ]
+    pc_rows = []
+    for i, lab in enumerate(r["labels"]):
+        pc_rows.append([lab, c["test_per_class"][lab],
+                        base["per_class"][i] if base else None, ft["per_class"][i]])
+    lines.append(md_table(["class", "test photos", "frozen ImageNet", "fine-tuned"], pc_rows))
+    lines.append("![per-class accuracy](per_class.png)\n\n![confusion matrix](confusion.png)\n")
+    lines.append("Timings (s): " + ", ".join(f"{k} {v}" for k, v in r["timings"].items()))
+    return "\n".join(lines) + "\n"
