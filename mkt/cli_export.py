@@ -34,6 +34,9 @@ def export_command(
         help="Calibration method tried first: minmax | entropy | percentile."),
     parity_limit: int | None = typer.Option(
         None, "--parity-limit", min=1, help="At most this many parity photos (default: all)."),
+    tries: str | None = typer.Option(
+        None, "--tries", help="Comma-separated quantisation configs to run (names as in "
+                              "parity.json, e.g. minmax-u8-rr); default: the full list."),
     exhaustive: bool = typer.Option(
         False, "--exhaustive", help="Run every quantisation config and keep the best, instead "
                                     "of stopping at the first that meets the targets."),
@@ -46,6 +49,17 @@ def export_command(
         raise typer.BadParameter("give --data or --photos, not both", param_hint="--photos")
 
     from mkt.export import export_bundle
+    from mkt.export.quantize import default_tries
+
+    chosen_tries = None
+    if tries:
+        known = {t.name: t for t in default_tries(calibrate_method)}
+        names = [n.strip() for n in tries.split(",") if n.strip()]
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise typer.BadParameter(f"unknown {unknown}; choose from {', '.join(known)}",
+                                     param_hint="--tries")
+        chosen_tries = [known[n] for n in names]
 
     def log(msg: str) -> None:
         typer.echo(msg, err=True)
@@ -55,7 +69,7 @@ def export_command(
         manifest = export_bundle(
             checkpoint, out, data=data, photos=photos, int8_only=int8_only, calib=calib,
             seed=seed, calibrate_method=calibrate_method, parity_limit=parity_limit,
-            exhaustive=exhaustive, command=command, log=log,
+            exhaustive=exhaustive, command=command, log=log, tries=chosen_tries,
         )
     except (OSError, ValueError, RuntimeError) as e:
         typer.echo(f"mkt: error: {' '.join(str(e).split())}", err=True)

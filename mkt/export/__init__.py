@@ -108,8 +108,13 @@ def export_bundle(
                 qinfo = quantize_int8(pre, qpath, cal_set.images, cfg, cache_dir=work)
                 ql, qe, ms = run_onnx(qpath, par_set.images)
                 m = compare((fl, fe), (ql, qe), par_set.labels)
-                res.update({"metrics": m, "misses": misses(m), "meets_targets": not misses(m),
-                            "ms_per_photo": ms, "bytes": qpath.stat().st_size,
+                # An int8 model slower than fp32 defeats the point of an edge runtime (U8U8
+                # kernels on AVX2 without VNNI are ~8x slower than fp32 here): never chosen
+                # while a faster try exists.
+                slow = ms > fp32_ms
+                res.update({"metrics": m, "misses": misses(m),
+                            "meets_targets": not misses(m) and not slow,
+                            "slower_than_fp32": slow, "ms_per_photo": ms, "bytes": qpath.stat().st_size,
                             "quantisation": qinfo, "path": str(qpath)})
             except Exception as e:  # noqa: BLE001 - one failed config must not end the export
                 res["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
@@ -120,7 +125,8 @@ def export_bundle(
         if not good:
             raise RuntimeError("every int8 quantisation try failed: "
                                + "; ".join(f"{r['name']}: {r['error']}" for r in results))
-        best = min(good, key=lambda r: rank_key(r["metrics"]))
+        fast = [r for r in good if not r["slower_than_fp32"]] or good
+        best = min(fast, key=lambda r: rank_key(r["metrics"]))
 
         shutil.copyfile(best["path"], bdir / B.INT8_FILE)
         if not int8_only:

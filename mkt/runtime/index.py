@@ -169,10 +169,13 @@ class Index:
         ids: Sequence[str] | None = None,
         vectors: np.ndarray | None = None,
         meta: Sequence[Mapping[str, Any] | None] | None = None,
+        provenance: Mapping[str, Any] | None = None,
     ) -> Index:
         """Create an index directory, empty or with ``ids``/``vectors``/``meta`` (see
         :meth:`add`), written as one generation. Refuses to replace an existing index unless
-        ``overwrite``; the old one then stays valid until the new one is committed."""
+        ``overwrite``; the old one then stays valid until the new one is committed.
+        ``provenance`` (source, command, time) is kept in index.json so a shipped index says
+        how it was made."""
         d = Path(path)
         if (d / INDEX_JSON).exists() and not overwrite:
             raise MktIndexError(f"{d}: an index already exists here (use overwrite/--force)")
@@ -197,6 +200,8 @@ class Index:
             "generation": old_gen,
             "files": {},
         }
+        if provenance:
+            info["provenance"] = dict(provenance)
         import hnswlib
 
         h = hnswlib.Index(space="cosine", dim=int(dim))
