@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -66,7 +65,7 @@ def data_photos(
     src: Path = typer.Option(..., help="Folder of photos."),
     out: Path = typer.Option(..., help="Folder for the letterboxed copies."),
     size: int = typer.Option(224, help="Side of the square output."),
-    workers: Optional[int] = typer.Option(None, help="Processes (default: all cores)."),
+    workers: int | None = typer.Option(None, help="Processes (default: all cores)."),
 ) -> None:
     """Letterbox photos to squares (idempotent, parallel; bad files reported and skipped)."""
     _need_train_extra()
@@ -103,12 +102,13 @@ def data_split(
 @train_app.callback()
 def train_main(
     ctx: typer.Context,
-    data: Optional[Path] = typer.Option(None, help="Cleaned + split data folder."),
-    out: Optional[Path] = typer.Option(None, help="Run folder for checkpoints and logs."),
-    arch: str = typer.Option("efficientnet_lite0", help="efficientnet_lite0 | resnet50 | small_cnn"),
+    data: Path | None = typer.Option(None, help="Cleaned + split data folder."),
+    out: Path | None = typer.Option(None, help="Run folder for checkpoints and logs."),
+    arch: str = typer.Option("efficientnet_lite0",
+                             help="efficientnet_lite0 | resnet50 | small_cnn"),
     weights: str = typer.Option("imagenet", help="imagenet | none | path to a state dict"),
     mode: str = typer.Option("auto", help="auto (GPU: full, CPU: cached) | cached | full"),
-    images: Optional[Path] = typer.Option(None, help="Photo folder (default: the data's source)."),
+    images: Path | None = typer.Option(None, help="Photo folder (default: the data's source)."),
     epochs: int = typer.Option(10),
     batch_listings: int = typer.Option(48, help="Listings a batch (two photos each)."),
     lr: float = typer.Option(2e-3),
@@ -116,10 +116,10 @@ def train_main(
     n_aug: int = typer.Option(3, help="Cached mode: augmented views a train photo."),
     seed: int = typer.Option(0),
     patience: int = typer.Option(3, help="Early stop after this many epochs without gain."),
-    max_steps: Optional[int] = typer.Option(None, help="Stop after N steps (smoke runs)."),
-    limit_photos: Optional[int] = typer.Option(None, help="Use about N photos (smoke runs)."),
-    threads: Optional[int] = typer.Option(None),
-    cache_dir: Optional[Path] = typer.Option(None, help="Where cached stem activations live."),
+    max_steps: int | None = typer.Option(None, help="Stop after N steps (smoke runs)."),
+    limit_photos: int | None = typer.Option(None, help="Use about N photos (smoke runs)."),
+    threads: int | None = typer.Option(None),
+    cache_dir: Path | None = typer.Option(None, help="Where cached stem activations live."),
     resume: bool = typer.Option(False, help="Resume from the last epoch checkpoint in --out."),
     progress: bool = typer.Option(True),
 ) -> None:
@@ -160,7 +160,7 @@ def train_baselines(
     data: Path = typer.Option(..., help="Cleaned + split data folder."),
     out: Path = typer.Option(Path("runs/baselines"), help="Where report.json/report.md go."),
     cnn_epochs: int = typer.Option(15, help="Epochs for the small CNN."),
-    limit: Optional[int] = typer.Option(None, help="Use about N photos (smoke runs)."),
+    limit: int | None = typer.Option(None, help="Use about N photos (smoke runs)."),
 ) -> None:
     """Reproduce the seed projects' baselines on the listing-level split."""
     _need_train_extra()
@@ -175,8 +175,8 @@ def train_baselines(
 
 def evaluate_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint from `mkt train`."),
-    data: Optional[Path] = typer.Option(None, help="Cleaned data (default: the checkpoint's)."),
-    out: Optional[Path] = typer.Option(None, help="Report folder (default: beside checkpoint)."),
+    data: Path | None = typer.Option(None, help="Cleaned data (default: the checkpoint's)."),
+    out: Path | None = typer.Option(None, help="Report folder (default: beside checkpoint)."),
     baseline: bool = typer.Option(True, help="Also evaluate frozen ImageNet features."),
 ) -> None:
     """Evaluate a checkpoint on the test split, beside the frozen-ImageNet baseline."""

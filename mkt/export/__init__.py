@@ -114,7 +114,8 @@ def export_bundle(
                 slow = ms > fp32_ms
                 res.update({"metrics": m, "misses": misses(m),
                             "meets_targets": not misses(m) and not slow,
-                            "slower_than_fp32": slow, "ms_per_photo": ms, "bytes": qpath.stat().st_size,
+                            "slower_than_fp32": slow, "ms_per_photo": ms,
+                            "bytes": qpath.stat().st_size,
                             "quantisation": qinfo, "path": str(qpath)})
             except Exception as e:  # noqa: BLE001 - one failed config must not end the export
                 res["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]

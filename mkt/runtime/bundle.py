@@ -148,6 +148,16 @@ def load_bundle(path: str | os.PathLike | None = None, *, verify: bool = True) -
             )
         if inp.get("resize", "letterbox") != "letterbox":
             raise BundleError(f"{mpath}: unsupported resize {inp.get('resize')!r}")
+        # The runtime letterboxes on black with bilinear resampling and feeds raw uint8 (the
+        # graph normalises): refuse a manifest that asks for anything else.
+        if list(inp.get("pad", [0, 0, 0])) != [0, 0, 0]:
+            raise BundleError(f"{mpath}: unsupported pad colour {inp.get('pad')!r}")
+        if inp.get("interpolation", "bilinear") != "bilinear":
+            raise BundleError(
+                f"{mpath}: unsupported interpolation {inp.get('interpolation')!r}"
+            )
+        if (m.get("preprocessing") or {}).get("in_graph", True) is not True:
+            raise BundleError(f"{mpath}: preprocessing must be in the graph (in_graph: true)")
         outputs = m.get("outputs") or {}
         models = {str(k): str(v) for k, v in _req(m, "models", mpath).items()}
         default = str(m.get("default") or next(iter(models), ""))

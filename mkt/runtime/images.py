@@ -28,6 +28,12 @@ MAX_IMAGE_PIXELS = 89_478_485
 #: Files bigger than this are refused before reading (no photo needs 256 MB).
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
+# Pillow warns (two stderr lines, with its source path) on damaged files: "Corrupt EXIF data",
+# "Truncated File Read", ... A photo here either decodes or raises BadImageError with the
+# reason, so those warnings are noise. Filtered once, process-wide: `warnings.catch_warnings`
+# in load_image alone is not enough, it is not thread-safe and photos load in threads.
+warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+
 #: The file extensions treated as photos when a folder is scanned.
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -139,8 +145,10 @@ def load_image(
         fp = io.BytesIO(data)
         with warnings.catch_warnings():
             # We apply our own limit below, from the header; Pillow's own check would warn
-            # (or raise its own exception type) instead.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # (or raise its own exception type) instead. Pillow's other warnings on damaged
+            # files ("Corrupt EXIF data", "Truncated File Read", ...) are noise on stderr: the
+            # photo either decodes or raises BadImageError with the reason.
+            warnings.simplefilter("ignore")
             im = Image.open(fp)
             w, h = im.size
             if w <= 0 or h <= 0:

@@ -169,7 +169,8 @@ def clean(src: Path, out: Path, check_photos: bool = True) -> CleanReport:
     images = read_images(src / "Images.csv")
     report.photos_in = len(images)
     kept_ids = set(listings["product_id"]) if len(listings) else set()
-    category_of = dict(zip(listings["product_id"], listings["category"])) if len(listings) else {}
+    category_of = (dict(zip(listings["product_id"], listings["category"], strict=True))
+                   if len(listings) else {})
     photo_rows = []
     pdrops: Counter = Counter()
     for rec in images.to_dict("records"):
@@ -178,7 +179,10 @@ def clean(src: Path, out: Path, check_photos: bool = True) -> CleanReport:
             pdrops["listing_dropped_or_unknown"] += 1
             continue
         path = src / "images" / f"{photo_id}.jpg"
-        problem = _photo_problem(path) if check_photos else (None if path.exists() else "missing_file")
+        if check_photos:
+            problem = _photo_problem(path)
+        else:
+            problem = None if path.exists() else "missing_file"
         if problem:
             pdrops[problem] += 1
             report.bad_photos.append({"photo_id": photo_id, "reason": problem})

@@ -69,7 +69,7 @@ class _Outputs(nn.Module):
 def model_outputs(model: nn.Module, paths: Sequence[Path | str], mean: Sequence[float],
                   std: Sequence[float], size: int, batch: int = 64,
                   progress: bool = True) -> dict[str, np.ndarray]:
-    """logits, embeddings and pooled trunk features of ``model`` for every photo (eval transform)."""
+    """logits, embeddings and pooled trunk features of ``model`` for each photo (eval view)."""
     from rich.progress import Progress
 
     sess = ort_session(_Outputs(model), torch.zeros(1, 3, size, size), n_outputs=3)
@@ -101,7 +101,7 @@ class StemCache:
     def views_of(self) -> dict[int, np.ndarray]:
         order = np.argsort(self.photo, kind="stable")
         rows, starts = np.unique(self.photo[order], return_index=True)
-        return {int(r): v for r, v in zip(rows, np.split(order, starts[1:]))}
+        return {int(r): v for r, v in zip(rows, np.split(order, starts[1:]), strict=False)}
 
 
 def _augmented_views(im: Image.Image, size: int, n_aug: int, rng: np.random.Generator

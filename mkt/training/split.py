@@ -57,7 +57,7 @@ def make_split(
 ) -> pd.DataFrame:
     """Assign each listing to train/val/test; returns ``product_id, split`` sorted by id."""
     groups = listing_groups(listings, photos)
-    cat = dict(zip(listings["product_id"], listings["category"]))
+    cat = dict(zip(listings["product_id"], listings["category"], strict=False))
     group_members: dict[str, list[str]] = {}
     for pid, g in groups.items():
         group_members.setdefault(g, []).append(pid)

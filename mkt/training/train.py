@@ -240,7 +240,7 @@ def supcon_loss(emb: torch.Tensor, groups: torch.Tensor, temperature: float) -> 
 
 
 def recall_at_1(emb: np.ndarray, listing: np.ndarray) -> float:
-    """Each photo whose listing has another photo in the set queries the rest; hit = same listing."""
+    """Photos whose listing has another photo in the set query the rest; hit = same listing."""
     sim = emb @ emb.T
     np.fill_diagonal(sim, -np.inf)
     counts = np.bincount(listing, minlength=listing.max() + 1)
