@@ -16,6 +16,7 @@ import functools
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -276,6 +277,10 @@ def similar_command(
         int | None, typer.Option("--ef", min=1, help="hnsw search breadth (recall/speed).")
     ] = None,
     threads: ThreadsOpt = None,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="Also write a self-contained HTML page with thumbnails."),
+    ] = None,
 ) -> None:
     """Find the indexed photos most similar to each photo (cosine similarity)."""
     import numpy as np
@@ -289,11 +294,14 @@ def similar_command(
     names = [str(p) for p in photos]
     bad = 0
     con = None if as_json else _console()
+    page: list[Any] = []  # (query, hits) and (path, error) for --html
+    page_errors: list[tuple[str, str]] = []
     for items in _load_batches(photos, model.input_size, 32, model.threads):
         good = []
         for i, x in items:
             if isinstance(x, Exception):
                 bad += 1
+                page_errors.append((names[i], str(x)))
                 _report_bad(names[i], x, as_json)
             else:
                 good.append((i, x))
@@ -301,10 +309,15 @@ def similar_command(
             continue
         emb = model.embed_arrays(np.stack([x for _, x in good]))
         for (i, _), hits in zip(good, idx.search(emb, k), strict=True):
+            page.append((names[i], hits))
             if con is None:
                 _emit_json({"path": names[i], "results": [h.to_dict() for h in hits]})
             else:
                 _show_hits(names[i], hits, con)
+    if html is not None:
+        from .cli_market import write_similar_html
+
+        write_similar_html(html, page, page_errors, idx)
     if bad:
         if not as_json:
             _err_line(f"{bad} of {len(names)} photos could not be read")
@@ -414,6 +427,9 @@ def index_build_command(
         out, model_id=model.model_id, dim=model.embedding_dim, M=m,
         ef_construction=ef_construction, ef=ef, overwrite=force,
         ids=[it.id for it in good], vectors=vecs, meta=[it.meta(root) for it in good],
+        provenance={"source": str(source), "command": " ".join(["mkt", *sys.argv[1:]]),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "photos": len(items), "skipped": bad},
     )
     sys.stderr.write(
         f"mkt: indexed {idx.count} photos into {out} (model {idx.model_id}, "
@@ -449,6 +465,10 @@ def index_add_command(
         except CatalogueError as e:
             bad += 1
             _err_line(str(e))
+            continue
+        if not got:  # a folder without photos: say so rather than add nothing silently
+            bad += 1
+            _err_line(f"{s}: no photos found")
             continue
         root = s if s.is_dir() else s.parent
         items += got
@@ -568,6 +588,7 @@ def info_command(
         if b is not None:
             con.print("labels: " + " | ".join(b.labels), markup=False)
     if fatal is not None:
+        _err_line(str(fatal))  # the same one line as every other command, on stderr
         raise typer.Exit(fatal.exit_code)
 
 

@@ -51,7 +51,7 @@ def thumbnail_data_uri(src: str | os.PathLike | bytes, size: int = THUMB_SIZE) -
 class PhotoResolver:
     """Find the local file of an indexed photo from its metadata ``path`` (relative to the
     indexed folder). Candidate roots, first match wins: ``roots`` given, ``$MKT_PHOTOS_ROOT``,
-    an ``index.json`` ``source`` entry if any (relative to the index dir), the current
+    the ``index.json`` ``source`` / ``provenance.source`` entry if any, the current
     directory, and ``../shared/data/marketplace`` from the current directory and from the
     repository root (where the shipped index was built from)."""
 
@@ -71,9 +71,7 @@ class PhotoResolver:
         if env:
             roots += [Path(r) for r in env.split(os.pathsep) if r]
         if index_dir is not None:
-            src = _index_source(Path(index_dir))
-            if src is not None:
-                roots.append(src)
+            roots += _index_sources(Path(index_dir))
         cwd = Path.cwd()
         repo = Path(__file__).resolve().parent.parent.parent
         roots += [cwd, cwd / SHIPPED_SOURCE, repo / SHIPPED_SOURCE]
@@ -93,18 +91,30 @@ class PhotoResolver:
         return None
 
 
-def _index_source(index_dir: Path) -> Path | None:
+def _index_sources(index_dir: Path) -> list[Path]:
+    """Candidate folders the index was built from, from ``index.json`` (``source`` or
+    ``provenance.source``). A relative source was relative to where the build ran: try the
+    index dir, the current directory and the repository root."""
     import json
 
     try:
         info = json.loads((index_dir / "index.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    src = info.get("source") if isinstance(info, dict) else None
-    if not isinstance(src, str) or not src:
-        return None
-    p = Path(src)
-    return p if p.is_absolute() else index_dir / p
+        return []
+    if not isinstance(info, dict):
+        return []
+    prov = info.get("provenance") if isinstance(info.get("provenance"), dict) else {}
+    out: list[Path] = []
+    for src in (info.get("source"), prov.get("source")):
+        if not isinstance(src, str) or not src:
+            continue
+        p = Path(src)
+        if p.is_absolute():
+            out.append(p)
+        else:
+            repo = Path(__file__).resolve().parent.parent.parent
+            out += [index_dir / p, Path.cwd() / p, repo / p]
+    return out
 
 
 # -- page pieces --------------------------------------------------------------------------
@@ -276,7 +286,9 @@ def _error_sections(errors: Sequence[tuple[str, str]]) -> list[str]:
     if not errors:
         return []
     items = "".join(
-        f'<li><span class="err">{escape(p)}</span>: {escape(m)}</li>' for p, m in errors
+        f'<li class="err">{escape(m)}</li>' if p in m
+        else f'<li><span class="err">{escape(p)}</span>: {escape(m)}</li>'
+        for p, m in errors
     )
     return [f"<section><h2>photos that could not be read</h2><ul>{items}</ul></section>"]
 

@@ -1,0 +1,406 @@
+"""HTTP API (FastAPI): classify, find similar listings and suggest a price for an uploaded photo.
+
+    from mkt.serve import create_app
+    app = create_app()                      # packaged bundle + catalogue index
+    # uvicorn mkt.serve:app  /  mkt serve --port 8000
+
+Endpoints (multipart upload, field ``file``; JSON out, same shapes as the CLI's ``--json``):
+
+- ``POST /classify?k=3``  ``{"path", "category", "score", "top": [{"category", "score"}]}``
+- ``POST /similar?k=10``  ``{"path", "results": [{"id", "score", "product_id", ...}]}``
+- ``POST /price?k=25``    ``{"path", "price", "low", "high", "neighbours": [...]}``
+- ``GET /health``         model id, labels, index size
+- ``GET /docs``, ``GET /openapi.json``: FastAPI's interactive docs and schema.
+
+Errors are JSON ``{"detail": "..."}``: 400 undecodable image, 413 upload over the limit (checked
+from ``Content-Length`` and while reading, before the multipart parser spools anything), 415
+not multipart / not an image content type, 422 bad parameters, 503 no index loaded. The model
+and index are loaded once per process (at startup, in the lifespan) and shared by all requests;
+onnxruntime sessions are thread-safe, index searches are serialised with a lock.
+
+Needs the ``serve`` extra (``pip install 'mkt[serve]'``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse
+from pydantic import BaseModel
+
+from . import __version__
+from .runtime.errors import BadImageError, ImageTooLargeError, MktIndexError
+
+#: Largest accepted photo upload (bytes). A phone photo is 2-5 MB.
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+
+#: Allowance for the multipart envelope (boundaries, part headers) on top of the photo.
+MULTIPART_OVERHEAD = 64 * 1024
+
+#: Part content types accepted besides ``image/*`` (clients that do not know the type send
+#: these; the bytes are then checked by decoding them).
+GENERIC_TYPES = frozenset({"", "application/octet-stream"})
+
+UPLOAD_PATHS = frozenset({"/classify", "/similar", "/price"})
+
+
+# -- response models (for the OpenAPI schema) ---------------------------------------------
+
+
+class TopCategory(BaseModel):
+    category: str
+    score: float
+
+
+class ClassifyResponse(BaseModel):
+    path: str
+    category: str
+    score: float
+    top: list[TopCategory]
+
+
+class SimilarHit(BaseModel):
+    id: str
+    score: float
+    product_id: str | None = None
+    title: str | None = None
+    price: float | None = None
+    category: str | None = None
+
+
+class SimilarResponse(BaseModel):
+    path: str
+    results: list[SimilarHit]
+
+
+class PriceNeighbour(BaseModel):
+    id: str
+    product_id: str | None = None
+    title: str | None = None
+    price: float
+    score: float
+
+
+class PriceResponse(BaseModel):
+    path: str
+    price: float | None
+    low: float | None
+    high: float | None
+    neighbours: list[PriceNeighbour]
+
+
+class IndexInfo(BaseModel):
+    count: int
+    model_id: str
+    generation: int
+
+
+class HealthResponse(BaseModel):
+    status: str
+    version: str
+    model_id: str
+    arch: str
+    labels: list[str]
+    embedding_dim: int
+    index: IndexInfo | None = None
+    index_error: str | None = None
+    max_upload_bytes: int
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": what}
+    for code, what in (
+        (400, "The upload is not a readable image."),
+        (413, "The upload is larger than the limit."),
+        (415, "Not a multipart upload, or the file is not an image type."),
+        (422, "Bad query parameters or no `file` field."),
+    )
+}
+
+
+# -- upload guard (pure ASGI: runs before FastAPI parses the body) ------------------------
+
+
+class UploadGuard:
+    """For POSTs to the upload endpoints: 415 unless multipart/form-data, 413 when the body
+    is over ``max_upload`` + :data:`MULTIPART_OVERHEAD` (from ``Content-Length`` at once, else
+    while reading). The checked body is buffered (bounded by that) and replayed to the app."""
+
+    def __init__(self, app: Any, max_upload: int, paths: frozenset[str] = UPLOAD_PATHS) -> None:
+        self.app = app
+        self.max_upload = int(max_upload)
+        self.max_body = self.max_upload + MULTIPART_OVERHEAD
+        self.paths = paths
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or \
+                scope.get("path") not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers", [])}
+        ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if ctype != "multipart/form-data":
+            await _reply(scope, receive, send, 415,
+                         "expected a multipart/form-data upload with the photo in field "
+                         f"'file' (got content type '{ctype or 'none'}')")
+            return
+        cl = headers.get("content-length")
+        if cl is not None:
+            try:
+                n = int(cl)
+            except ValueError:
+                await _reply(scope, receive, send, 400, "malformed Content-Length header")
+                return
+            if n > self.max_body:
+                await _reply(scope, receive, send, 413, _too_large(self.max_upload))
+                return
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            body = msg.get("body", b"")
+            total += len(body)
+            if total > self.max_body:
+                await _reply(scope, receive, send, 413, _too_large(self.max_upload))
+                return
+            chunks.append(body)
+            if not msg.get("more_body", False):
+                break
+        data = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": data, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _too_large(limit: int) -> str:
+    mb = limit / 1024 / 1024
+    return f"upload too large (limit {mb:.1f} MB)" if mb >= 0.1 else \
+        f"upload too large (limit {limit} bytes)"
+
+
+async def _reply(scope: dict, receive: Any, send: Any, status: int, detail: str) -> None:
+    await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
+
+
+# -- app ----------------------------------------------------------------------------------
+
+
+class _State:
+    """What the app loads once: the model, the index (or why there is none), a lock."""
+
+    def __init__(self) -> None:
+        self.model: Any = None
+        self.index: Any = None
+        self.index_error: str | None = None
+        self.lock = threading.Lock()
+        self.search_lock = threading.Lock()
+
+
+def create_app(
+    bundle: str | os.PathLike | None = None,
+    index: str | os.PathLike | None = None,
+    *,
+    model: Any = None,
+    index_obj: Any = None,
+    threads: int | None = None,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    eager: bool = False,
+) -> FastAPI:
+    """Build the FastAPI app.
+
+    ``bundle`` / ``index``: directories (default: the packaged ones). ``model`` /
+    ``index_obj``: already-loaded :class:`~mkt.runtime.model.Model` / ``Index`` to share.
+    An explicitly given index that cannot be opened is an error; a missing *default* index
+    only disables /similar and /price (503). ``eager``: load now (raising
+    :class:`MktError`) instead of at startup, so a command line can fail before serving.
+    """
+    st = _State()
+    st.model = model
+    st.index = index_obj
+
+    def load() -> None:
+        with st.lock:
+            if st.model is None:
+                from .runtime.model import Model
+
+                st.model = Model(bundle, threads=threads)
+            if st.index is None and st.index_error is None:
+                from .runtime.index import Index
+
+                try:
+                    st.index = Index.open(index, model_id=st.model.model_id)
+                except MktIndexError as e:
+                    if index is not None:
+                        raise
+                    st.index_error = str(e)
+
+    if eager:
+        load()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # noqa: ANN202 - FastAPI's own protocol
+        load()
+        yield
+
+    app = FastAPI(
+        title="mkt",
+        version=__version__,
+        description="Classify second-hand marketplace photos into 13 categories, find similar "
+        "listings and suggest a price. Upload a photo as multipart field `file`.",
+        lifespan=lifespan,
+    )
+    app.state.mkt = st
+    app.add_middleware(UploadGuard, max_upload=int(max_upload_bytes))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "query"))
+            parts.append(f"{loc or 'request'}: {err.get('msg', 'invalid')}")
+        return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"internal error ({type(exc).__name__})"}, status_code=500
+        )
+
+    def ready() -> _State:
+        if st.model is None:
+            load()
+        return st
+
+    def read_photo(file: UploadFile) -> tuple[str, Any]:
+        """Checks + decode: returns (name, letterboxed uint8 array)."""
+        name = file.filename or "upload"
+        ctype = (file.content_type or "").split(";", 1)[0].strip().lower()
+        if not (ctype.startswith("image/") or ctype in GENERIC_TYPES):
+            raise HTTPException(415, f"{name}: content type '{ctype}' is not an image type")
+        data = file.file.read(int(max_upload_bytes) + 1)
+        if len(data) > max_upload_bytes:
+            raise HTTPException(413, f"{name}: {_too_large(int(max_upload_bytes))}")
+        if not data:
+            raise HTTPException(400, f"{name}: empty upload")
+        from .runtime.images import load_letterboxed
+
+        s = ready()
+        try:
+            arr = load_letterboxed(data, s.model.input_size, name=name)
+        except ImageTooLargeError as e:
+            raise HTTPException(413, str(e)) from None
+        except BadImageError as e:
+            raise HTTPException(400, str(e)) from None
+        return name, arr
+
+    def embed(arr: Any) -> Any:
+        return ready().model.embed_arrays(arr[None])
+
+    def need_index() -> Any:
+        s = ready()
+        if s.index is None:
+            raise HTTPException(503, f"no index loaded: {s.index_error or 'not configured'}")
+        return s.index
+
+    def search(vecs: Any, k: int) -> list[Any]:
+        idx = need_index()
+        with st.search_lock:
+            return idx.search(vecs, k)[0]
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    @app.get("/health", response_model=HealthResponse, response_model_exclude_none=True,
+             summary="Liveness + what is loaded")
+    def health() -> dict[str, Any]:
+        s = ready()
+        m = s.model
+        out: dict[str, Any] = {
+            "status": "ok", "version": __version__, "model_id": m.model_id,
+            "arch": m.bundle.arch, "labels": list(m.labels), "embedding_dim": m.embedding_dim,
+            "max_upload_bytes": int(max_upload_bytes),
+        }
+        if s.index is not None:
+            out["index"] = {"count": s.index.count, "model_id": s.index.model_id,
+                            "generation": s.index.generation}
+        else:
+            out["index_error"] = s.index_error or "not configured"
+        return out
+
+    @app.post("/classify", response_model=ClassifyResponse, responses=_ERRORS,
+              summary="Top-k categories of a photo")
+    def classify(
+        file: UploadFile = File(..., description="The photo (JPEG, PNG, WebP, ...)."),
+        k: int = Query(3, ge=1, le=50, description="How many categories."),
+    ) -> dict[str, Any]:
+        name, arr = read_photo(file)
+        pred = ready().model.classify_arrays(arr[None], [name], k=k)[0]
+        return pred.to_dict()
+
+    @app.post("/similar", response_model=SimilarResponse, response_model_exclude_none=True,
+              responses={**_ERRORS, 503: {"model": ErrorResponse,
+                                          "description": "No index loaded."}},
+              summary="Most similar catalogue photos")
+    def similar(
+        file: UploadFile = File(..., description="The photo (JPEG, PNG, WebP, ...)."),
+        k: int = Query(10, ge=1, le=100, description="How many results."),
+    ) -> dict[str, Any]:
+        need_index()
+        name, arr = read_photo(file)
+        hits = search(embed(arr), k)
+        return {"path": name, "results": [h.to_dict() for h in hits]}
+
+    @app.post("/price", response_model=PriceResponse, responses={
+        **_ERRORS, 503: {"model": ErrorResponse, "description": "No index loaded."}},
+        summary="Suggested price from the nearest listings")
+    def price(
+        file: UploadFile = File(..., description="The photo (JPEG, PNG, WebP, ...)."),
+        k: int | None = Query(None, ge=1, le=200,
+                       description="How many listings vote (default: the tuned one, 40)."),
+    ) -> dict[str, Any]:
+        from .runtime.price import DEFAULT_K, query_size, suggest_from_hits
+
+        kk = DEFAULT_K if k is None else int(k)
+        idx = need_index()
+        name, arr = read_photo(file)
+        hits = search(embed(arr), query_size(kk, idx.count))
+        return suggest_from_hits([hits], k=kk, path=name).to_dict()
+
+    return app
+
+
+def _env_app() -> FastAPI:
+    """``uvicorn mkt.serve:app``: bundle/index from ``MKT_BUNDLE`` / ``MKT_INDEX`` if set."""
+    b = os.environ.get("MKT_BUNDLE")
+    i = os.environ.get("MKT_INDEX")
+    return create_app(Path(b) if b else None, Path(i) if i else None)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # built on first access only: importing mkt.serve loads nothing
+        return _env_app()
+    raise AttributeError(f"module 'mkt.serve' has no attribute {name!r}")
+
+
+__all__ = ["MAX_UPLOAD_BYTES", "UploadGuard", "create_app"]

@@ -1,0 +1,178 @@
+"""mkt.runtime.dupes and `mkt dupes`: exact and re-encoded copies are grouped, different photos
+(including other photos of the same listing) are not; JSON shape; the hash check matters."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from mkt.cli import app
+from mkt.runtime import dupes as D
+
+runner = CliRunner()
+
+
+def run(*args):
+    res = runner.invoke(app, [str(a) for a in args])
+    assert "Traceback" not in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    return res
+
+
+def jlines(text: str) -> list[dict]:
+    return [json.loads(x) for x in text.splitlines() if x.strip()]
+
+
+# -- pure pieces ------------------------------------------------------------------------------
+
+
+def test_dhash_hamming_basics(fixture_photos):
+    a = np.asarray(Image.open(fixture_photos[0]).convert("RGB"))
+    b = np.asarray(Image.open(fixture_photos[1]).convert("RGB"))
+    ha, hb = D.dhash(a), D.dhash(b)
+    assert ha.dtype == np.uint8 and ha.shape == (8,)
+    assert D.hamming(ha, ha) == 0
+    assert D.hamming(ha, hb) > 12  # two different photos
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "JPEG", quality=60)
+    again = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    assert D.hamming(ha, D.dhash(again)) <= 6  # a re-encoded copy
+    assert D.hamming(np.array([0b1011], np.uint8), np.array([0b0001], np.uint8)) == 2
+
+
+def test_union_find_and_grouping():
+    uf = D.UnionFind(5)
+    uf.union(0, 1)
+    uf.union(3, 4)
+    uf.union(1, 4)
+    assert len({uf.find(i) for i in range(5)}) == 2
+    groups = D.group_pairs(6, [D.DupePair(4, 5, 0.99), D.DupePair(0, 1, 0.97),
+                               D.DupePair(1, 2, 0.98)])
+    assert [g.members for g in groups] == [[0, 1, 2], [4, 5]]
+    assert [p.score for p in groups[0].pairs] == [0.98, 0.97]
+
+
+def _vec(*xs):
+    v = np.array(xs, np.float32)
+    return v / np.linalg.norm(v)
+
+
+def test_find_duplicates_threshold_and_hash():
+    vecs = np.stack([_vec(1, 0, 0), _vec(1, 0.01, 0), _vec(1, 0.05, 0), _vec(0, 1, 0)])
+    # cosine(0,1)=0.99995, cosine(0,2)=0.9988, cosine(*,3) ~0
+    groups = D.find_duplicates(vecs, rule=D.DupeRule(0.9999, None))
+    assert [g.members for g in groups] == [[0, 1]]
+    groups = D.find_duplicates(vecs, rule=D.DupeRule(0.99, None))
+    assert [g.members for g in groups] == [[0, 1, 2]]
+    h0 = np.zeros(8, np.uint8)
+    far = np.full(8, 255, np.uint8)
+    hashes = [h0, h0, far, h0]
+    groups = D.find_duplicates(vecs, hashes=hashes, rule=D.DupeRule(0.99, 10))
+    assert [g.members for g in groups] == [[0, 1]]  # 2 is near in embedding, not in layout
+    groups = D.find_duplicates(vecs, hashes=hashes, rule=D.DupeRule(0.99, 10, 0.998))
+    assert [g.members for g in groups] == [[0, 1, 2]]  # sure threshold overrides the hash
+    groups = D.find_duplicates(vecs, hashes=[h0, None, far, h0], rule=D.DupeRule(0.99, 10))
+    # unknown hash: the embedding decides (0-1, 1-2 accepted; 0-2 refused by the hash)
+    assert [g.members for g in groups] == [[0, 1, 2]]
+    assert {(p.a, p.b) for p in groups[0].pairs} == {(0, 1), (1, 2)}
+
+
+def test_candidate_pairs_hnsw_path_matches_exact():
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((60, 16)).astype(np.float32)
+    vecs = np.concatenate([base, base[:10] + 0.01 * rng.standard_normal((10, 16))])
+    exact, s1 = D.candidate_pairs(vecs, 0.99)
+    approx, s2 = D.candidate_pairs(vecs, 0.99, brute_force_limit=10, neighbours=8)
+    assert exact.tolist() == approx.tolist() and len(exact) == 10
+    assert np.allclose(s1, s2, atol=1e-5)
+
+
+def test_rule_accept_array_matches_accept():
+    rule = D.DupeRule(0.9, 10, 0.99)
+    s = np.array([0.8, 0.92, 0.92, 0.995, 0.95])
+    h = np.array([0, 5, 20, 40, -1])
+    assert rule.accept_array(s, h).tolist() == [
+        rule.accept(float(a), None if b < 0 else int(b)) for a, b in zip(s, h, strict=True)]
+
+
+# -- CLI on real photos -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dupes_folder(tmp_path_factory, dataset_dir):
+    """4 different photos + an exact copy of one + a JPEG q60 re-encode of another."""
+    d = tmp_path_factory.mktemp("dupes") / "photos"
+    d.mkdir()
+    photos = sorted((dataset_dir / "images").glob("*.jpg"))[:4]
+    for p in photos:
+        shutil.copy(p, d / p.name)
+    shutil.copy(photos[0], d / "exact_copy.jpg")
+    Image.open(photos[1]).convert("RGB").save(d / "reencoded.jpg", "JPEG", quality=60)
+    return d, photos
+
+
+def test_cli_dupes_groups_copies_not_others(dupes_folder, bundle_dir, tmp_path):
+    d, photos = dupes_folder
+    html = tmp_path / "dupes.html"
+    res = run("dupes", d, "--json", "--bundle", bundle_dir, "--html", html)
+    assert res.exit_code == 0, res.output
+    groups = jlines(res.stdout)
+    got = sorted(sorted(p["id"] for p in g["photos"]) for g in groups)
+    assert got == sorted([sorted([photos[0].stem, "exact_copy"]),
+                          sorted([photos[1].stem, "reencoded"])])
+    for g in groups:
+        assert set(g) == {"group", "size", "photos", "pairs"}
+        assert g["size"] == len(g["photos"]) == 2
+        for ph in g["photos"]:
+            assert {"id", "path", "source"} <= set(ph)
+        (pair,) = g["pairs"]
+        assert set(pair) == {"a", "b", "score", "hash_distance"}
+        assert pair["score"] >= D.DEFAULT_THRESHOLD and 0 <= pair["hash_distance"]
+    text = html.read_text()
+    assert text.count("data:image/jpeg;base64,") == 4 and "exact_copy" in text
+
+
+def test_cli_dupes_bad_photo_and_human(dupes_folder, bundle_dir, tmp_path):
+    d, _ = dupes_folder
+    d2 = tmp_path / "withbad"
+    shutil.copytree(d, d2)
+    (d2 / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    res = run("dupes", d2, "--json", "--bundle", bundle_dir)
+    assert res.exit_code == 1
+    rows = jlines(res.stdout)
+    assert rows[0]["path"].endswith("broken.jpg") and set(rows[0]) == {"path", "error"}
+    assert len(rows) == 3
+    res = run("dupes", d2, "--bundle", bundle_dir)
+    assert res.exit_code == 1 and "group 1" in res.stdout and "mkt: error:" in res.output
+
+
+def test_cli_dupes_against_index(dupes_folder, bundle_dir, dataset_dir, tmp_path):
+    """A re-encoded catalogue photo in a new folder is found in the catalogue index."""
+    idx = tmp_path / "idx"
+    assert run("index", "build", dataset_dir, "--out", idx, "--bundle", bundle_dir).exit_code == 0
+    _, photos = dupes_folder
+    new = tmp_path / "new"
+    new.mkdir()
+    Image.open(photos[2]).convert("RGB").save(new / "upload.jpg", "JPEG", quality=60)
+    res = run("dupes", new, "--index", idx, "--json", "--bundle", bundle_dir)
+    assert res.exit_code == 0, res.output
+    (g,) = jlines(res.stdout)
+    by_src = {p["source"]: p for p in g["photos"]}
+    assert by_src["source"]["id"] == "upload" and by_src["index"]["id"] == photos[2].stem
+    assert "product_id" in by_src["index"] and "title" in by_src["index"]
+
+
+def test_cli_dupes_help_and_empty(bundle_dir, tmp_path):
+    from mkt import cli_market
+
+    assert run("dupes", "--help").exit_code == 0
+    assert f"default {D.DEFAULT_THRESHOLD:g}," in cli_market._T_HELP
+    (tmp_path / "empty").mkdir()
+    res = run("dupes", tmp_path / "empty", "--bundle", bundle_dir)
+    assert res.exit_code == 2 and "no photos" in res.output

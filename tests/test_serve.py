@@ -1,0 +1,190 @@
+"""mkt.serve: every endpoint through FastAPI's TestClient, incl. 400/413/415/422/503, /health,
+/openapi.json, /docs."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+pytest.importorskip("multipart")
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+from typer.testing import CliRunner  # noqa: E402
+
+from mkt.cli import app as cli_app  # noqa: E402
+from mkt.serve import MULTIPART_OVERHEAD, create_app  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def built_index(tmp_path_factory, bundle_dir, dataset_dir):
+    out = tmp_path_factory.mktemp("serve") / "index"
+    res = CliRunner().invoke(cli_app, ["index", "build", str(dataset_dir), "--out", str(out),
+                                       "--bundle", str(bundle_dir)])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def client(bundle_dir, built_index):
+    with TestClient(create_app(bundle_dir, built_index)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def photo(fixture_photos) -> bytes:
+    return fixture_photos[0].read_bytes()
+
+
+def up(data: bytes, name: str = "sofa.jpg", ctype: str = "image/jpeg") -> dict:
+    return {"file": (name, data, ctype)}
+
+
+def test_health(client, bundle_dir):
+    r = client.get("/health")
+    assert r.status_code == 200
+    h = r.json()
+    assert h["status"] == "ok" and len(h["labels"]) == 13 and h["embedding_dim"] > 0
+    assert h["index"]["count"] == 26 and h["index"]["model_id"] == h["model_id"]
+
+
+def test_classify(client, photo):
+    r = client.post("/classify?k=4", files=up(photo))
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert set(d) == {"path", "category", "score", "top"} and d["path"] == "sofa.jpg"
+    assert len(d["top"]) == 4 and d["top"][0]["category"] == d["category"]
+    labels = client.get("/health").json()["labels"]
+    assert d["category"] in labels
+
+
+def test_similar(client, photo, fixture_photos):
+    r = client.post("/similar", params={"k": 3}, files=up(photo))
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert d["path"] == "sofa.jpg" and len(d["results"]) == 3
+    top = d["results"][0]
+    assert top["id"] == fixture_photos[0].stem and top["score"] > 0.99
+    assert {"id", "score", "product_id", "title", "category"} <= set(top)
+    assert all(v is not None for res in d["results"] for v in res.values())
+
+
+def test_price(client, photo):
+    r = client.post("/price?k=5", files=up(photo))
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert set(d) == {"path", "price", "low", "high", "neighbours"}
+    assert d["low"] <= d["price"] <= d["high"] and 1 <= len(d["neighbours"]) <= 5
+    assert {"id", "price", "score"} <= set(d["neighbours"][0])
+    r = client.post("/price", files=up(photo, ctype="application/octet-stream"))
+    assert r.status_code == 200  # generic type: the bytes decide
+
+
+def test_400_undecodable(client):
+    for data in (b"this is not a photo", b"\xff\xd8\xff\xe0 truncated jpeg", b""):
+        r = client.post("/classify", files=up(data))
+        assert r.status_code == 400, (data, r.text)
+        assert isinstance(r.json()["detail"], str) and "sofa.jpg" in r.json()["detail"]
+
+
+def test_415(client, photo):
+    r = client.post("/similar", files=up(b"hello", "a.txt", "text/plain"))
+    assert r.status_code == 415 and "not an image" in r.json()["detail"]
+    r = client.post("/price", content=photo, headers={"content-type": "image/jpeg"})
+    assert r.status_code == 415 and "multipart" in r.json()["detail"]
+    r = client.post("/classify", json={"file": "x"})
+    assert r.status_code == 415
+
+
+def test_413_from_content_length(client):
+    big = b"\xff" * (10 * 1024 * 1024 + MULTIPART_OVERHEAD + 1)
+    r = client.post("/classify", files=up(big))
+    assert r.status_code == 413 and "too large" in r.json()["detail"]
+
+
+def test_413_small_limit(bundle_dir, built_index, photo):
+    app = create_app(bundle_dir, built_index, max_upload_bytes=len(photo) - 1)
+    with TestClient(app) as c:
+        r = c.post("/classify", files=up(photo))  # under the body allowance, over the file limit
+        assert r.status_code == 413 and "too large" in r.json()["detail"]
+        r = c.post("/classify", files=up(photo[: len(photo) // 2]))
+        assert r.status_code == 400  # under the limit: decoded, and it is truncated
+
+
+def test_413_streamed_without_content_length(bundle_dir, built_index, photo):
+    app = create_app(bundle_dir, built_index, max_upload_bytes=1000)
+    boundary = "b0undary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"x.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n").encode() + photo + \
+        f"\r\n--{boundary}--\r\n".encode()
+
+    def chunks():
+        for i in range(0, len(body), 4096):
+            yield body[i : i + 4096]
+
+    with TestClient(app) as c:
+        r = c.post("/classify", content=chunks(),
+                   headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        assert r.status_code == 413
+
+
+def test_422_params_and_missing_field(client, photo):
+    r = client.post("/classify?k=0", files=up(photo))
+    assert r.status_code == 422 and "k" in r.json()["detail"]
+    r = client.post("/similar", files={"photo": ("a.jpg", photo, "image/jpeg")})
+    assert r.status_code == 422 and "file" in r.json()["detail"]
+
+
+def test_503_without_index(bundle_dir, photo):
+    app = create_app(bundle_dir)
+    with TestClient(app) as c:
+        st = app.state.mkt
+        st.index, st.index_error = None, "no packaged index"
+        assert c.get("/health").json()["index_error"] == "no packaged index"
+        assert c.post("/similar", files=up(photo)).status_code == 503
+        assert c.post("/price", files=up(photo)).status_code == 503
+        assert c.post("/classify", files=up(photo)).status_code == 200
+
+
+def test_explicit_bad_index_fails_at_startup(bundle_dir, tmp_path):
+    from mkt.runtime.errors import MktIndexError
+
+    with pytest.raises(MktIndexError):
+        create_app(bundle_dir, tmp_path / "no_index", eager=True)
+
+
+def test_openapi_and_docs(client):
+    r = client.get("/openapi.json")
+    assert r.status_code == 200
+    spec = r.json()
+    assert {"/classify", "/similar", "/price", "/health"} <= set(spec["paths"])
+    for p in ("/classify", "/similar", "/price"):
+        op = spec["paths"][p]["post"]
+        assert "multipart/form-data" in op["requestBody"]["content"]
+        assert {"200", "400", "413", "415"} <= set(op["responses"])
+    assert client.get("/docs").status_code == 200
+    assert client.get("/nope").status_code == 404
+
+
+def test_model_loaded_once(bundle_dir, built_index, photo, monkeypatch):
+    import mkt.runtime.model as rm
+
+    calls = []
+    real = rm.Model.__init__
+
+    def counting(self, *a, **k):
+        calls.append(1)
+        real(self, *a, **k)
+
+    monkeypatch.setattr(rm.Model, "__init__", counting)
+    with TestClient(create_app(bundle_dir, built_index)) as c:
+        for _ in range(3):
+            assert c.post("/classify", files=up(photo)).status_code == 200
+    assert len(calls) == 1
