@@ -1,0 +1,614 @@
+"""Runtime benchmarks behind ``mkt bench`` (torch-free: onnxruntime, numpy, Pillow, stdlib).
+
+What is measured, on real photos (the packaged examples + ``tests/fixtures/photos`` in a source
+checkout, or a folder given by the caller):
+
+- ``classify_e2e_ms``: :meth:`Model.classify` on one photo path at a time (batch 1): read +
+  decode + letterbox + inference + softmax/top-k. p50/p95/p99 over every photo x repeats.
+- ``decode_ms``: read + decode + letterbox alone (what the end-to-end adds to the model).
+- ``model_only_ms``: ``Model.predict`` on an already letterboxed ``uint8 [1,S,S,3]`` array.
+- ``e2e_over_model``: p50 end-to-end / p50 model-only.
+- ``indexing``: photos/s of decode + letterbox + embed at batch 32 (``Model.embed``, decoding in
+  a thread pool), plus a pipelined variant that decodes the next batch while the model runs.
+- ``phone_12mp``: a generated 4000x3000 JPEG (phone-like size and noise, EXIF orientation 6)
+  classified end to end.
+- ``cold_start``: ``python -m mkt.cli classify PHOTO --json`` as a fresh process (median wall
+  time of a few runs) and its peak RSS (``os.wait4``).
+
+Every figure is a median (or percentile) of repeated runs after warm-up runs. The machine
+(CPU model, cores, load average) is part of the result: timings mean little without it.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .images import is_image_file, load_letterboxed
+from .model import Model
+
+#: The issue's targets for this runtime (2-core laptop-class CPU). ``<=``/``>=`` per entry.
+TARGETS: dict[str, tuple[str, float]] = {
+    "e2e_over_model": ("<=", 1.2),
+    "phone_12mp_e2e_p50_ms": ("<=", 30.0),
+    "cold_start_median_s": ("<=", 0.6),
+    "indexing_photos_per_s": (">=", 250.0),
+}
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+# -- machine --------------------------------------------------------------------------------
+
+
+def cpu_info() -> dict[str, Any]:
+    """CPU model name (``/proc/cpuinfo``), core counts, SIMD flags that matter to onnxruntime,
+    cgroup CPU limit and load average. Works without ``/proc`` (then fewer fields)."""
+    info: dict[str, Any] = {
+        "model": platform.processor() or platform.machine(),
+        "logical_cores": os.cpu_count() or 1,
+        "machine": platform.machine(),
+        "system": platform.platform(terse=True),
+    }
+    try:
+        info["usable_cores"] = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        info["usable_cores"] = info["logical_cores"]
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    cores: set[tuple[str, str]] = set()
+    phys = core = ""
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, val = line.partition(":")
+        key, val = key.strip(), val.strip()
+        if key == "model name" and val:
+            info["model"] = val
+        elif key == "physical id":
+            phys = val
+        elif key == "core id":
+            core = val
+            cores.add((phys, core))
+        elif key == "flags" and not flags:
+            flags = set(val.split())
+        elif key == "cpu MHz" and "mhz" not in info:
+            try:
+                info["mhz"] = round(float(val))
+            except ValueError:
+                pass
+    if cores:
+        info["physical_cores"] = len(cores)
+    if flags:
+        wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+        info["simd"] = [f for f in wanted if f in flags]
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            info["cgroup_cpus"] = round(int(quota) / int(period), 2)
+    except (OSError, ValueError):
+        pass
+    try:
+        info["loadavg"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        pass
+    return info
+
+
+def versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for dist in ("mkt", "onnxruntime", "numpy", "pillow", "hnswlib"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "absent"
+    return out
+
+
+# -- photos ---------------------------------------------------------------------------------
+
+
+def default_photo_dirs() -> list[Path]:
+    """The packaged examples, plus ``tests/fixtures/photos`` when running from a checkout."""
+    pkg = Path(__file__).resolve().parent.parent
+    dirs = [pkg / "assets" / "examples", pkg.parent / "tests" / "fixtures" / "photos"]
+    return [d for d in dirs if d.is_dir()]
+
+
+def list_photos(dirs: Sequence[str | os.PathLike], limit: int | None = None) -> list[Path]:
+    """Photo files of ``dirs`` (sorted, not recursive); at most ``limit`` spread evenly."""
+    out: list[Path] = []
+    for d in dirs:
+        out += sorted(p for p in Path(d).iterdir() if p.is_file() and is_image_file(p))
+    if limit is not None and len(out) > limit > 0:
+        pick = np.linspace(0, len(out) - 1, int(limit)).round().astype(int)
+        out = [out[i] for i in sorted(set(pick.tolist()))]
+    return out
+
+
+def make_phone_jpeg(
+    path: str | os.PathLike,
+    source: str | os.PathLike | None = None,
+    size: tuple[int, int] = (4000, 3000),
+    quality: int = 90,
+    noise: float = 6.0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Write a phone-like 12 MP JPEG: ``source`` (a real photo) upscaled to ``size`` with
+    sensor-like Gaussian noise (so the file is as big as a phone's, ~3-5 MB, rather than a
+    smooth upscale's few hundred kB), 4:2:0, and EXIF orientation 6 (portrait, as phones
+    write it: the decoder must rotate). Returns ``{"path", "width", "height", "bytes", ...}``.
+    """
+    from PIL import Image
+
+    w, h = size
+    if source is not None:
+        with Image.open(source) as im:
+            base = im.convert("RGB").resize((w, h), Image.BICUBIC)
+    else:  # a smooth gradient
+        gx = np.linspace(0, 255, w, dtype=np.float32)[None, :, None]
+        gy = np.linspace(0, 255, h, dtype=np.float32)[:, None, None]
+        base = Image.fromarray(np.broadcast_to((gx + gy) / 2, (h, w, 3)).astype(np.uint8))
+    rng = np.random.default_rng(seed)
+    a = np.asarray(base, dtype=np.int16)
+    a = a + rng.normal(0.0, noise, size=(h, w, 1)).astype(np.int16)  # luma-like noise
+    im = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    im.save(path, "JPEG", quality=quality, subsampling=2, exif=exif.tobytes())
+    return {
+        "path": str(path), "width": w, "height": h, "bytes": Path(path).stat().st_size,
+        "quality": quality, "exif_orientation": 6, "noise_sigma": noise,
+        "source": str(source) if source is not None else "gradient",
+    }
+
+
+# -- statistics -----------------------------------------------------------------------------
+
+
+def summarize(samples_ms: Sequence[float]) -> dict[str, float]:
+    """p50/p95/p99 (linear interpolation, so p50 <= p95 <= p99), mean, min, max, n."""
+    a = np.asarray(samples_ms, dtype=np.float64)
+    if a.size == 0:
+        raise ValueError("no samples")
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return {
+        "p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3),
+        "mean": round(float(a.mean()), 3), "min": round(float(a.min()), 3),
+        "max": round(float(a.max()), 3), "n": int(a.size),
+    }
+
+
+def time_ms(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def _timed_loop(calls: Sequence[Callable[[], Any]], repeats: int, warmup: int) -> list[float]:
+    """Run every call ``warmup`` times untimed, then ``repeats`` passes timed one by one."""
+    for _ in range(max(0, warmup)):
+        for c in calls:
+            c()
+    gc.collect()
+    out = []
+    for _ in range(max(1, repeats)):
+        for c in calls:
+            out.append(time_ms(c))
+    return out
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, MB (``ru_maxrss`` is kB on Linux)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(r / (1024 * 1024) if sys.platform == "darwin" else r / 1024, 1)
+
+
+# -- measurements ---------------------------------------------------------------------------
+
+
+def bench_classify_e2e(
+    model: Model, photos: Sequence[Path], repeats: int, warmup: int = 1
+) -> dict[str, float]:
+    """Batch-1 end-to-end classification latency (ms): one ``classify([path])`` per sample."""
+    calls = [lambda p=p: model.classify([p]) for p in photos]
+    return summarize(_timed_loop(calls, repeats, warmup))
+
+
+def bench_decode(
+    size: int, photos: Sequence[Path], repeats: int, warmup: int = 1
+) -> dict[str, float]:
+    """Read + decode + letterbox latency (ms) of one photo."""
+    calls = [lambda p=p: load_letterboxed(p, size) for p in photos]
+    return summarize(_timed_loop(calls, repeats, warmup))
+
+
+def bench_model_only(
+    model: Model, arrays: np.ndarray, repeats: int, warmup: int = 5
+) -> dict[str, float]:
+    """Batch-1 inference latency (ms) on letterboxed ``uint8`` arrays (``Model.predict``)."""
+    for _ in range(max(0, warmup)):
+        model.predict(arrays[:1])
+    calls = [lambda i=i: model.predict(arrays[i : i + 1]) for i in range(len(arrays))]
+    return summarize(_timed_loop(calls, repeats, 0))
+
+
+def bench_latency(
+    model: Model, photos: Sequence[Path], repeats: int, warmup: int = 2
+) -> dict[str, Any]:
+    """Batch-1 latencies, interleaved photo by photo so that all three see the same machine
+    (on a shared machine, load changes between blocks would skew their ratio):
+    ``classify_e2e_ms`` (``classify([path])``), ``decode_ms`` (read + decode + letterbox) and
+    ``model_only_ms`` (``predict`` on the letterboxed array); ``e2e_over_model`` = p50 ratio."""
+    size = model.input_size
+    arrays = model.load(photos)
+    for _ in range(max(5, warmup)):
+        model.predict(arrays[:1])
+    calls = []
+    for i, p in enumerate(photos):
+        calls += [lambda p=p: model.classify([p]), lambda p=p: load_letterboxed(p, size),
+                  lambda i=i: model.predict(arrays[i : i + 1])]
+    t = np.asarray(_timed_loop(calls, repeats, warmup)).reshape(-1, 3)
+    out = {"classify_e2e_ms": summarize(t[:, 0]), "decode_ms": summarize(t[:, 1]),
+           "model_only_ms": summarize(t[:, 2])}
+    out["e2e_over_model"] = round(out["classify_e2e_ms"]["p50"] / out["model_only_ms"]["p50"], 3)
+    return out
+
+
+def embed_pipelined(
+    model: Model, paths: Sequence[Any], batch: int = 32, workers: int | None = None
+) -> np.ndarray:
+    """Embed photos at ``batch``, decoding batch k+1 in a thread pool while batch k runs."""
+    size = model.input_size
+    chunks = [list(paths[i : i + batch]) for i in range(0, len(paths), batch)]
+    if not chunks:
+        return np.zeros((0, model.embedding_dim), np.float32)
+    parts = []
+    with ThreadPoolExecutor(max_workers=max(1, workers or model.threads)) as ex:
+        futs = [ex.submit(load_letterboxed, p, size) for p in chunks[0]]
+        for k in range(len(chunks)):
+            arr = np.stack([f.result() for f in futs])
+            if k + 1 < len(chunks):
+                futs = [ex.submit(load_letterboxed, p, size) for p in chunks[k + 1]]
+            parts.append(model.embed_arrays(arr))
+    return np.concatenate(parts)
+
+
+def bench_indexing(
+    model: Model,
+    photos: Sequence[Path],
+    *,
+    batch: int = 32,
+    n_photos: int = 320,
+    repeats: int = 3,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Indexing throughput (photos/s): decode + letterbox + embed at ``batch``.
+
+    The photo list is cycled up to ``n_photos`` (files are read from disk every time; they
+    are in the page cache after the first pass, as in a real re-index). ``embed``: the public
+    ``Model.embed`` (decode a batch in threads, then infer); ``pipelined``: decode the next
+    batch while the current one is inferred. Also: model-only batch throughput and decode-only
+    throughput with the thread pool, to show where the time goes.
+    """
+    n = max(batch, int(n_photos))
+    paths = [photos[i % len(photos)] for i in range(n)]
+    size = model.input_size
+    w = workers or model.threads
+    arr = model.load(paths[:batch], workers=w)
+
+    model.embed(paths[: 2 * batch], batch_size=batch)  # warm-up (batch shapes, page cache)
+    embed_pipelined(model, paths[: 2 * batch], batch, w)
+
+    reps = max(1, n // batch)
+    ex = ThreadPoolExecutor(max_workers=w)
+    variants: dict[str, tuple[Callable[[], Any], int]] = {
+        "embed": (lambda: model.embed(paths, batch_size=batch), n),
+        "pipelined": (lambda: embed_pipelined(model, paths, batch, w), n),
+        "model_only": (lambda: [model.embed_arrays(arr) for _ in range(reps)], reps * batch),
+        "decode_only": (lambda: list(ex.map(lambda p: load_letterboxed(p, size), paths)), n),
+    }
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    try:
+        for _ in range(max(1, repeats)):  # interleaved: every variant sees the same load
+            for k, (fn, _count) in variants.items():
+                gc.collect()
+                times[k].append(time_ms(fn) / 1000.0)
+    finally:
+        ex.shutdown()
+    out: dict[str, Any] = {"batch": batch, "photos": n, "workers": w, "threads": model.threads}
+    for k, (_fn, count) in variants.items():
+        med = float(np.median(times[k]))
+        out[k] = {"photos_per_s": round(count / med, 1), "median_s": round(med, 4),
+                  "runs_s": [round(t, 4) for t in times[k]]}
+    best = max(("embed", "pipelined"), key=lambda k: out[k]["photos_per_s"])
+    out["best"] = best
+    out["photos_per_s"] = out[best]["photos_per_s"]
+    return out
+
+
+def bench_phone_jpeg(
+    model: Model, workdir: Path, source: Path | None, repeats: int, warmup: int = 2
+) -> dict[str, Any]:
+    """End-to-end classification of a generated 4000x3000 JPEG (see :func:`make_phone_jpeg`)."""
+    info = make_phone_jpeg(workdir / "phone_12mp.jpg", source)
+    p = Path(info["path"])
+    size = model.input_size
+    n = max(5, repeats)
+    info["decode_ms"] = summarize(_timed_loop([lambda: load_letterboxed(p, size)], n, warmup))
+    info["e2e_ms"] = summarize(_timed_loop([lambda: model.classify([p])], n, warmup))
+    # What a decode without libjpeg's DCT scaling (draft) would cost: the reason draft is on.
+    info["decode_full_ms"] = summarize(
+        _timed_loop([lambda: load_letterboxed(p, size, draft=False)], max(3, n // 4), 1)
+    )
+    return info
+
+
+# Peak RSS of a child process: not ``wait4``'s ru_maxrss, which Linux carries over from the
+# parent across fork/vfork + exec (it would report the benchmark's own hundreds of MB), but the
+# child's own VmHWM (high-water RSS of its address space, fresh after exec), printed at exit.
+_HWM_WRAPPER = (
+    "import atexit, os, runpy, sys\n"
+    "def _hwm():\n"
+    "    try:\n"
+    "        with open('/proc/self/status') as f:\n"
+    "            for line in f:\n"
+    "                if line.startswith('VmHWM:'):\n"
+    "                    kb = line.split()[1]\n"
+    "                    os.write(2, ('\\nMKT_BENCH_VMHWM_KB ' + kb + '\\n').encode())\n"
+    "    except OSError:\n"
+    "        pass\n"
+    "atexit.register(_hwm)\n"
+    "sys.argv = ['mkt', *sys.argv[1:]]\n"
+    "runpy.run_module('mkt.cli', run_name='__main__', alter_sys=True)\n"
+)
+
+
+def _run_child(cmd: Sequence[str], env: dict[str, str], cwd: str) -> tuple[float, int, str]:
+    """Run ``cmd``; return (wall seconds, exit code, stderr + stdout)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        rc = subprocess.run(list(cmd), stdout=out, stderr=err, env=env, cwd=cwd).returncode
+        wall = time.perf_counter() - t0
+        err.seek(0)
+        out.seek(0)
+        text = (err.read() + out.read()[-400:]).decode("utf-8", "replace")
+    return wall, rc, text
+
+
+def bench_cold_start(
+    photo: Path,
+    *,
+    bundle: str | os.PathLike | None = None,
+    threads: int | None = None,
+    runs: int = 5,
+) -> dict[str, Any]:
+    """``python -m mkt.cli classify PHOTO --json`` as a new process, ``runs`` times after one
+    untimed run (page cache, .pyc files): median wall time. Its peak RSS from one more run
+    (VmHWM, see ``_HWM_WRAPPER``). Also the bare interpreter and ``import mkt.cli`` as
+    baselines, to show where a slow start comes from."""
+    pkg_parent = str(Path(__file__).resolve().parent.parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
+                                      else "")
+    env.pop("MKT_DEBUG", None)
+    args = ["classify", str(Path(photo).resolve()), "--json"]
+    if bundle is not None:
+        args += ["--bundle", str(Path(bundle).resolve())]
+    if threads:
+        args += ["--threads", str(int(threads))]
+    cmd = [sys.executable, "-m", "mkt.cli", *args]
+    cwd = tempfile.gettempdir()  # not the checkout: no accidental local imports
+
+    def series(c: Sequence[str], n: int) -> tuple[list[float], int, str]:
+        _run_child(c, env, cwd)  # untimed
+        walls, rc, err = [], 0, ""
+        for _ in range(max(1, n)):
+            wall, rc, err = _run_child(c, env, cwd)
+            walls.append(wall)
+            if rc != 0:
+                break
+        return walls, rc, err
+
+    walls, rc, err = series(cmd, runs)
+    out: dict[str, Any] = {
+        "command": " ".join(["python", *cmd[1:]]),
+        "runs_s": [round(w, 4) for w in walls],
+        "median_s": round(float(np.median(walls)), 4),
+        "min_s": round(float(min(walls)), 4),
+        "exit_code": rc,
+    }
+    if rc != 0:
+        out["stderr"] = err.strip()[-400:]
+    _, _, err = _run_child([sys.executable, "-c", _HWM_WRAPPER, *args], env, cwd)
+    kb = [int(line.split()[1]) for line in err.splitlines()
+          if line.startswith("MKT_BENCH_VMHWM_KB ")]
+    out["peak_rss_mb"] = round(kb[-1] / 1024, 1) if kb else None
+    n_base = max(1, min(runs, 3))
+    out["python_startup_s"] = round(float(np.median(series([sys.executable, "-c", "pass"],
+                                                           n_base)[0])), 4)
+    out["import_mkt_cli_s"] = round(float(np.median(series([sys.executable, "-c",
+                                                            "import mkt.cli"], n_base)[0])), 4)
+    return out
+
+
+# -- the whole run --------------------------------------------------------------------------
+
+
+def check_targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{name: {"value", "target", "met"}}`` for each of :data:`TARGETS` that was measured."""
+    values = {
+        "e2e_over_model": result.get("e2e_over_model"),
+        "phone_12mp_e2e_p50_ms": (result.get("phone_12mp") or {}).get("e2e_ms", {}).get("p50"),
+        "cold_start_median_s": (result.get("cold_start") or {}).get("median_s"),
+        "indexing_photos_per_s": (result.get("indexing") or {}).get("photos_per_s"),
+    }
+    out = {}
+    for name, (op, target) in TARGETS.items():
+        v = values.get(name)
+        if v is None:
+            continue
+        met = v <= target if op == "<=" else v >= target
+        out[name] = {"value": v, "target": f"{op} {target:g}", "met": bool(met)}
+    return out
+
+
+def run_bench(
+    bundle: str | os.PathLike | None = None,
+    *,
+    photos: Sequence[str | os.PathLike] | None = None,
+    max_photos: int | None = 200,
+    threads: int | None = None,
+    repeats: int = 10,
+    warmup: int = 2,
+    index_photos: int = 320,
+    index_batch: int = 32,
+    cold_runs: int = 5,
+    variant: str | None = None,
+    log: Log = _quiet,
+) -> dict[str, Any]:
+    """Run every measurement; returns one JSON-able dict (see the module docstring)."""
+    dirs = [Path(p) for p in photos] if photos else default_photo_dirs()
+    if not dirs:
+        raise FileNotFoundError("no photos to benchmark: pass --photos DIR")
+    paths = list_photos(dirs, max_photos)
+    if not paths:
+        raise FileNotFoundError(f"no photos found in {', '.join(map(str, dirs))}")
+    t_start = time.perf_counter()
+    result: dict[str, Any] = {"schema": "mkt-bench/1", "machine": cpu_info(),
+                              "versions": versions()}
+    model = Model(bundle, threads=threads, variant=variant)
+    mpath = model.bundle.model_path(model.variant)
+    result["bundle"] = {
+        "path": str(model.bundle.path), "model_id": model.model_id, "arch": model.bundle.arch,
+        "variant": model.variant, "file": mpath.name, "bytes": mpath.stat().st_size,
+    }
+    result["settings"] = {
+        "threads": model.threads, "repeats": repeats, "warmup": warmup,
+        "photos": len(paths), "photo_dirs": [str(d) for d in dirs],
+        "index_batch": index_batch, "index_photos": index_photos, "cold_runs": cold_runs,
+    }
+    log(f"latency, batch 1: {len(paths)} photos x {repeats} (end to end, decode, model) ...")
+    result.update(bench_latency(model, paths, repeats, warmup))
+    log(f"indexing throughput, batch {index_batch} ...")
+    result["indexing"] = bench_indexing(
+        model, paths, batch=index_batch, n_photos=index_photos, repeats=max(1, min(repeats, 5))
+    )
+    with tempfile.TemporaryDirectory(prefix="mkt-bench-") as tmp:
+        log("12 MP phone JPEG end to end ...")
+        result["phone_12mp"] = bench_phone_jpeg(
+            model, Path(tmp), paths[0], max(5, 2 * repeats), warmup
+        )
+        result["phone_12mp"]["path"] = "<tmp>/phone_12mp.jpg"
+        log(f"cold start of `mkt classify`, {cold_runs} runs ...")
+        result["cold_start"] = bench_cold_start(
+            paths[0], bundle=bundle, threads=threads, runs=cold_runs
+        )
+    result["peak_rss_mb"] = {
+        "classify_process": result["cold_start"]["peak_rss_mb"],
+        "bench_process": peak_rss_mb(),
+    }
+    result["targets"] = check_targets(result)
+    try:  # a busy machine (load > cores) makes every figure above pessimistic: say so
+        result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        pass
+    result["bench_seconds"] = round(time.perf_counter() - t_start, 1)
+    return result
+
+
+def _pct(d: dict[str, float]) -> str:
+    return f"p50 {d['p50']:8.2f}  p95 {d['p95']:8.2f}  p99 {d['p99']:8.2f}  (n={d['n']})"
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """Plain-text report of a :func:`run_bench` result."""
+    m, s, b = r["machine"], r["settings"], r["bundle"]
+    ix, ph, cs = r["indexing"], r["phone_12mp"], r["cold_start"]
+    cores = f"{m.get('physical_cores', '?')} physical / {m['logical_cores']} logical"
+    lines = [
+        f"machine   {m['model']} ({cores} cores, usable {m.get('usable_cores')}; "
+        f"simd {','.join(m.get('simd', [])) or '?'}; load average {m.get('loadavg')} at "
+        f"start, {m.get('loadavg_end')} at end)",
+        "versions  " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()),
+        f"bundle    {b['arch']} {b['variant']} ({b['file']}, {b['bytes'] / 1e6:.1f} MB, "
+        f"model_id {b['model_id']})",
+        f"settings  threads {s['threads']}, {s['photos']} photos, repeats {s['repeats']}, "
+        f"warm-up {s['warmup']}",
+        "",
+        "latency, batch 1 (ms)",
+        f"  classify end to end   {_pct(r['classify_e2e_ms'])}",
+        f"  decode + letterbox    {_pct(r['decode_ms'])}",
+        f"  model only            {_pct(r['model_only_ms'])}",
+        f"  end to end / model    {r['e2e_over_model']:.2f}x (p50)",
+        "",
+        f"indexing, batch {ix['batch']} ({ix['photos']} photos, {ix['workers']} decode threads)",
+        f"  Model.embed           {ix['embed']['photos_per_s']:8.1f} photos/s",
+        f"  pipelined decode      {ix['pipelined']['photos_per_s']:8.1f} photos/s",
+        f"  model only            {ix['model_only']['photos_per_s']:8.1f} photos/s",
+        f"  decode only           {ix['decode_only']['photos_per_s']:8.1f} photos/s",
+        "",
+        f"12 MP JPEG ({ph['width']}x{ph['height']}, {ph['bytes'] / 1e6:.1f} MB, EXIF "
+        f"orientation {ph['exif_orientation']})",
+        f"  classify end to end   {_pct(ph['e2e_ms'])}",
+        f"  decode (draft)        {_pct(ph['decode_ms'])}",
+        f"  decode (full, no draft) p50 {ph['decode_full_ms']['p50']:.1f}",
+        "",
+        f"cold start  `{cs['command']}`",
+        f"  median {cs['median_s']:.3f} s (min {cs['min_s']:.3f}; python alone "
+        f"{cs['python_startup_s']:.3f} s, import mkt.cli {cs['import_mkt_cli_s']:.3f} s), "
+        f"exit {cs['exit_code']}",
+        f"peak RSS    classify process {r['peak_rss_mb']['classify_process']} MB, "
+        f"bench process {r['peak_rss_mb']['bench_process']} MB",
+        "",
+        "targets",
+    ]
+    for name, t in r["targets"].items():
+        lines.append(f"  {'met ' if t['met'] else 'MISS'}  {name} = {t['value']} "
+                     f"(target {t['target']})")
+    return "\n".join(lines)
+
+
+def to_json(result: dict[str, Any]) -> str:
+    return json.dumps(result, ensure_ascii=False)
+
+
+__all__ = [
+    "TARGETS",
+    "bench_classify_e2e",
+    "bench_cold_start",
+    "bench_decode",
+    "bench_indexing",
+    "bench_latency",
+    "bench_model_only",
+    "bench_phone_jpeg",
+    "check_targets",
+    "cpu_info",
+    "default_photo_dirs",
+    "embed_pipelined",
+    "format_report",
+    "list_photos",
+    "make_phone_jpeg",
+    "run_bench",
+    "summarize",
+]

@@ -1,0 +1,105 @@
+"""`mkt bench --json`: runs briefly on the test bundle and reports every figure, well formed.
+
+No timing assertions: only that the fields exist, are positive, and percentiles are ordered.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from mkt.cli import app
+
+
+@pytest.fixture(scope="module")
+def bench_result(bundle_dir, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    res = CliRunner().invoke(app, [
+        "bench", "--json", "--bundle", str(bundle_dir), "--repeats", "1", "--warmup", "0",
+        "--cold-runs", "1", "--index-photos", "16", "--max-photos", "8", "--threads", "1",
+        "--out", str(out),
+    ])
+    assert res.exit_code == 0, res.output
+    assert "Traceback" not in res.output
+    lines = [line for line in res.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, "--json prints exactly one JSON object"
+    result = json.loads(lines[0])
+    assert json.loads(out.read_text()) == result
+    return result
+
+
+def _percentiles_ok(d: dict) -> None:
+    for key in ("p50", "p95", "p99", "mean", "min", "max", "n"):
+        assert key in d
+        assert d[key] > 0, (key, d)
+    assert d["min"] <= d["p50"] <= d["p95"] <= d["p99"] <= d["max"]
+
+
+def test_machine_and_settings(bench_result):
+    m = bench_result["machine"]
+    assert isinstance(m["model"], str) and m["model"]
+    assert m["logical_cores"] >= 1 and m["usable_cores"] >= 1
+    s = bench_result["settings"]
+    assert s["threads"] == 1 and s["repeats"] == 1 and 1 <= s["photos"] <= 8
+    assert bench_result["bundle"]["model_id"]
+    assert bench_result["versions"]["onnxruntime"]
+
+
+def test_latencies(bench_result):
+    for key in ("classify_e2e_ms", "decode_ms", "model_only_ms"):
+        _percentiles_ok(bench_result[key])
+    assert bench_result["e2e_over_model"] > 0
+
+
+def test_indexing(bench_result):
+    ix = bench_result["indexing"]
+    assert ix["batch"] == 32 and ix["photos"] >= 32
+    for key in ("embed", "pipelined", "model_only", "decode_only"):
+        assert ix[key]["photos_per_s"] > 0
+        assert ix[key]["median_s"] > 0
+    assert ix["photos_per_s"] == ix[ix["best"]]["photos_per_s"]
+
+
+def test_phone_jpeg(bench_result):
+    ph = bench_result["phone_12mp"]
+    assert (ph["width"], ph["height"]) == (4000, 3000)
+    assert ph["bytes"] > 500_000
+    for key in ("e2e_ms", "decode_ms", "decode_full_ms"):
+        _percentiles_ok(ph[key])
+
+
+def test_cold_start_and_rss(bench_result):
+    cs = bench_result["cold_start"]
+    assert cs["exit_code"] == 0, cs
+    assert cs["median_s"] > 0 and cs["min_s"] <= cs["median_s"]
+    assert cs["python_startup_s"] > 0 and cs["import_mkt_cli_s"] > 0
+    rss = bench_result["peak_rss_mb"]
+    assert rss["bench_process"] > 0
+    if rss["classify_process"] is not None:  # VmHWM: Linux only
+        assert rss["classify_process"] > 0
+
+
+def test_targets_reported(bench_result):
+    t = bench_result["targets"]
+    assert set(t) == {"e2e_over_model", "phone_12mp_e2e_p50_ms", "cold_start_median_s",
+                      "indexing_photos_per_s"}
+    for v in t.values():
+        assert isinstance(v["met"], bool) and v["value"] > 0
+
+
+def test_bench_text_output(bundle_dir):
+    res = CliRunner().invoke(app, [
+        "bench", "--bundle", str(bundle_dir), "--repeats", "1", "--warmup", "0",
+        "--cold-runs", "1", "--index-photos", "8", "--max-photos", "2", "--threads", "1",
+    ])
+    assert res.exit_code == 0, res.output
+    assert "classify end to end" in res.stdout and "targets" in res.stdout
+
+
+def test_bench_bad_photos_dir(bundle_dir, tmp_path):
+    res = CliRunner().invoke(app, ["bench", "--bundle", str(bundle_dir), "--photos",
+                                   str(tmp_path), "--json"])
+    assert res.exit_code == 2
+    assert "no photos" in res.output
