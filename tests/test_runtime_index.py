@@ -33,15 +33,17 @@ def test_layout_and_roundtrip(tmp_path):
     d = tmp_path / "idx"
     _make(d, M=8, ef_construction=50, ef=20)
     info = json.loads((d / "index.json").read_text())
-    assert info["schema_version"] == 1 and info["space"] == "cosine"
+    assert info["schema_version"] == 2 and info["space"] == "cosine"
     assert (info["model_id"], info["dim"], info["count"]) == ("m1", DIM, 20)
     assert (info["M"], info["ef_construction"], info["ef"]) == (8, 50, 20)
     g = info["generation"]
-    assert set(info["files"]) == {f"vectors-{g}.hnsw", f"meta-{g}.sqlite"}
+    assert set(info["files"]) == {f"vectors-{g}.hnsw", f"meta-{g}.sqlite", f"ltext-{g}.npy",
+                                  f"xmodal-{g}.npy"}
     assert sorted(p.name for p in d.iterdir()) == sorted(["index.json", *info["files"]])
     con = sqlite3.connect(d / f"meta-{g}.sqlite")
     cols = [r[1] for r in con.execute("PRAGMA table_info(items)")]
-    assert cols == ["label", "id", "product_id", "title", "price", "category", "location", "path"]
+    assert cols == ["label", "id", "product_id", "title", "price", "category", "location", "path",
+                    "description", "xrow"]
     con.close()
 
     again = Index.open(d, model_id="m1")

@@ -1,0 +1,326 @@
+"""Text search over an index: lexical (FTS5 BM25) + semantic (MiniLM listing embeddings) +
+cross-modal (MiniLM query vs the photos' ``text_embedding``), fused per listing with weighted
+reciprocal rank fusion (RRF)::
+
+    score(listing) = sum over paths p of  w_p / (RRF_K + rank_p(listing))
+
+(ranks from 1; a path that does not rank a listing adds nothing). Each path ranks its best
+``depth`` listings. A listing is its ``product_id``; a photo without one is a listing of its
+own. Result ``id`` = the listing's best photo for the query (the best cross-modal photo, else
+its first indexed photo), so a caller can show it like a ``similar`` hit.
+
+User text is always searched as words: it is split into Unicode word tokens and each is
+quoted for FTS5 (OR of the tokens), so ``"``, ``*``, ``NEAR(``, ``AND``, ``-`` are just text.
+
+:func:`similar_with_text` fuses a photo's nearest neighbours with a text query
+(``mkt similar PHOTO --text "in oak"``).
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import MktIndexError
+from .index import NO_TEXT_MSG, Hit, Index
+from .text import TextEncoder, check_text
+
+RRF_K = 60
+#: Fusion weights per path, chosen on the val split by benchmarks/text_search_eval.py
+#: (results in benchmarks/results/text_search.md).
+DEFAULT_WEIGHTS: dict[str, float] = {"lexical": 1.0, "semantic": 1.0, "crossmodal": 0.5}
+PATHS = ("lexical", "semantic", "crossmodal")
+_WORD = re.compile(r"\w+", re.UNICODE)
+MAX_QUERY_TOKENS = 64
+
+
+def fts_query(text: str) -> str | None:
+    """An FTS5 MATCH expression that searches ``text`` as plain words: every word token
+    double-quoted, OR-ed. None if ``text`` has no word characters (then lexical search has
+    nothing to match, e.g. only punctuation or emoji)."""
+    toks = _WORD.findall(text)[:MAX_QUERY_TOKENS]
+    toks = [t for t in toks if t.strip("_")]
+    if not toks:
+        return None
+    return " OR ".join('"' + t.replace('"', '""') + '"' for t in dict.fromkeys(toks))
+
+
+@dataclass
+class ListingHit:
+    """One listing in a text search: fused score, its photo ``id`` and metadata."""
+
+    id: str
+    score: float
+    product_id: str | None = None
+    title: str | None = None
+    price: float | None = None
+    category: str | None = None
+    ranks: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"id", "score", "product_id", "title", "price", "category"}`` (metadata keys only
+        when not null), like a ``similar`` result."""
+        d: dict[str, Any] = {"id": self.id, "score": round(float(self.score), 6)}
+        for k in ("product_id", "title", "price", "category"):
+            v = getattr(self, k)
+            if v is not None:
+                d[k] = v
+        return d
+
+
+@dataclass
+class TextSearchResult:
+    """The answer to one text query: ``{"query", "results": [...]}`` best first.
+    ``truncated``: the query was longer than the text model reads (max_tokens) and was cut.
+    ``paths``: which search paths could answer on this index."""
+
+    query: str
+    results: list[ListingHit]
+    truncated: bool = False
+    paths: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"query": self.query, "results": [r.to_dict() for r in self.results]}
+
+
+class _TextView:
+    """Per-index-generation arrays for the vector paths (built once, reused by queries)."""
+
+    def __init__(self, index: Index) -> None:
+        self.generation = index.generation
+        self.lpids, lv = index.listing_vectors()
+        self.lvec = np.ascontiguousarray(lv, np.float32)
+        pids, xv = index.photo_text_vectors()
+        self.xvec = np.ascontiguousarray(xv, np.float32)
+        self.xids = pids
+        meta = index.photos_meta(pids) if pids else {}
+        keys = [(meta.get(p, {}).get("product_id") or f"\0{p}") for p in pids]
+        self.xkeys = keys
+        uniq = list(dict.fromkeys(keys))
+        pos = {k: i for i, k in enumerate(uniq)}
+        self.xgroup = np.array([pos[k] for k in keys], np.int64)
+        self.xuniq = uniq
+        self.with_text = index.text_counts()["with_text"]
+
+
+_VIEWS: weakref.WeakKeyDictionary[Index, _TextView] = weakref.WeakKeyDictionary()
+
+
+def _view(index: Index) -> _TextView:
+    v = _VIEWS.get(index)
+    if v is None or v.generation != index.generation:
+        v = _TextView(index)
+        _VIEWS[index] = v
+    return v
+
+
+def _top(scores: np.ndarray, n: int) -> np.ndarray:
+    n = min(n, len(scores))
+    if n <= 0:
+        return np.zeros(0, np.int64)
+    idx = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
+    return idx[np.argsort(-scores[idx], kind="stable")]
+
+
+def available_paths(index: Index) -> tuple[str, ...]:
+    """The search paths this index can answer: lexical needs listing text, semantic listing
+    vectors, crossmodal photo text vectors. :class:`MktIndexError` for an index built before
+    text search, or one with none of them."""
+    if not index.has_text:
+        raise MktIndexError(f"{index.path}: {NO_TEXT_MSG}")
+    v = _view(index)
+    paths = []
+    if v.with_text:
+        paths.append("lexical")
+    if len(v.lpids):
+        paths.append("semantic")
+    if len(v.xids):
+        paths.append("crossmodal")
+    if not paths:
+        raise MktIndexError(
+            f"{index.path}: index has no text to search (no listing titles/descriptions and no "
+            "cross-modal photo vectors); rebuild it from a dataset folder with mkt index build"
+        )
+    return tuple(paths)
+
+
+def path_rankings(index: Index, qvec: np.ndarray, text: str, depth: int = 100,
+                  paths: Sequence[str] | None = None) -> dict[str, list[tuple[str, str | None]]]:
+    """Each path's ranked listings for one query: ``{path: [(listing key, best photo id or
+    None), ...]}``. Listing key = product_id, or ``"\\0<photo id>"`` for a photo without
+    one."""
+    v = _view(index)
+    paths = tuple(paths) if paths is not None else available_paths(index)
+    out: dict[str, list[tuple[str, str | None]]] = {}
+    if "lexical" in paths:
+        m = fts_query(text)
+        out["lexical"] = [(p, None) for p, _ in index.fts(m, depth)] if m else []
+    if "semantic" in paths and len(v.lpids):
+        s = v.lvec @ qvec
+        out["semantic"] = [(v.lpids[i], None) for i in _top(s, depth)]
+    if "crossmodal" in paths and len(v.xids):
+        s = v.xvec @ qvec
+        # best photo per listing: sort photos by score, keep each group's first
+        order = _top(s, min(len(s), depth * 8))
+        seen: dict[int, int] = {}
+        for j in order:
+            g = int(v.xgroup[j])
+            if g not in seen:
+                seen[g] = int(j)
+                if len(seen) >= depth:
+                    break
+        out["crossmodal"] = [(v.xuniq[g], v.xids[j]) for g, j in seen.items()]
+    return out
+
+
+def rrf(rankings: Mapping[str, Sequence[tuple[str, str | None]]],
+        weights: Mapping[str, float], rrf_k: int = RRF_K
+        ) -> list[tuple[str, float, dict[str, int], str | None]]:
+    """Weighted reciprocal rank fusion: ``[(key, score, {path: rank}, photo id)]`` best first
+    (ties: the order of first appearance)."""
+    acc: dict[str, list[Any]] = {}
+    for path, ranked in rankings.items():
+        w = float(weights.get(path, 0.0))
+        if w <= 0:
+            continue
+        for r, (key, photo) in enumerate(ranked, start=1):
+            e = acc.setdefault(key, [0.0, {}, None])
+            e[0] += w / (rrf_k + r)
+            e[1][path] = r
+            if photo is not None and e[2] is None:
+                e[2] = photo
+    items = [(k, e[0], e[1], e[2]) for k, e in acc.items()]
+    items.sort(key=lambda t: -t[1])
+    return items
+
+
+def _hits(index: Index, fused, k: int) -> list[ListingHit]:
+    top = fused[:k]
+    pids = [key for key, *_ in top if not key.startswith("\0")]
+    lmeta = index.listings_meta(pids)
+    photo_ids = [key[1:] for key, *_ in top if key.startswith("\0")]
+    pmeta = index.photos_meta(photo_ids) if photo_ids else {}
+    out = []
+    for key, score, ranks, photo in top:
+        if key.startswith("\0"):
+            pid = key[1:]
+            m = pmeta.get(pid, {})
+            out.append(ListingHit(id=photo or pid, score=score, product_id=None,
+                                  title=m.get("title"), price=m.get("price"),
+                                  category=m.get("category"), ranks=ranks))
+        else:
+            m = lmeta.get(key, {})
+            out.append(ListingHit(id=photo or m.get("photo") or key, score=score,
+                                  product_id=key, title=m.get("title"), price=m.get("price"),
+                                  category=m.get("category"), ranks=ranks))
+    return out
+
+
+def _weights(weights: Mapping[str, float] | None) -> dict[str, float]:
+    w = dict(DEFAULT_WEIGHTS)
+    if weights:
+        for k, x in weights.items():
+            if k not in PATHS:
+                raise ValueError(f"unknown search path {k!r} (have {', '.join(PATHS)})")
+            w[k] = float(x)
+    return w
+
+
+def search_text(
+    index: Index,
+    encoder: TextEncoder,
+    queries: Sequence[str],
+    k: int = 10,
+    weights: Mapping[str, float] | None = None,
+    *,
+    depth: int | None = None,
+) -> list[TextSearchResult]:
+    """Listings for each text query, best first (at most ``k`` each). ``weights``: per path
+    (``lexical``, ``semantic``, ``crossmodal``) RRF weights, default
+    :data:`DEFAULT_WEIGHTS`. Raises :class:`~mkt.runtime.text.EmptyTextError` for an empty
+    query and :class:`MktIndexError` for an index without text."""
+    if isinstance(queries, str):
+        queries = [queries]
+    qs = [check_text(q) for q in queries]
+    paths = available_paths(index)
+    w = _weights(weights)
+    if not qs:
+        return []
+    k = max(0, int(k))
+    d = int(depth) if depth else max(100, 5 * k)
+    qv = encoder.encode(qs)
+    trunc = list(encoder.last_truncated) or [False] * len(qs)
+    out = []
+    for q, v, tr in zip(qs, qv, trunc, strict=True):
+        fused = rrf(path_rankings(index, v, q, d, paths), w)
+        out.append(TextSearchResult(query=q, results=_hits(index, fused, k), truncated=bool(tr),
+                                    paths=paths))
+    return out
+
+
+def similar_with_text(
+    index: Index,
+    encoder: TextEncoder,
+    image_hits: Sequence[Hit],
+    text: str,
+    k: int = 10,
+    *,
+    image_weight: float = 1.0,
+    text_weight: float = 1.0,
+    weights: Mapping[str, float] | None = None,
+) -> TextSearchResult:
+    """``mkt similar PHOTO --text "in oak"``: fuse the photo's nearest neighbours
+    (``image_hits`` from :meth:`Index.search`, best first; ask for ~100) with the text query's
+    own fused ranking, per listing, by RRF (``image_weight`` / ``text_weight``)."""
+    q = check_text(text)
+    paths = available_paths(index)
+    w = _weights(weights)
+    v = encoder.encode([q])[0]
+    text_rank = [(key, photo) for key, _, _, photo in
+                 rrf(path_rankings(index, v, q, max(100, 5 * k), paths), w)]
+    img_rank: list[tuple[str, str | None]] = []
+    seen: set[str] = set()
+    for h in image_hits:
+        key = h.meta.get("product_id") or f"\0{h.id}"
+        if key not in seen:
+            seen.add(key)
+            img_rank.append((key, h.id))
+    fused = rrf({"image": img_rank, "text": text_rank},
+                {"image": image_weight, "text": text_weight})
+    return TextSearchResult(query=q, results=_hits(index, fused, k),
+                            truncated=bool(encoder.last_truncated and
+                                           encoder.last_truncated[0]),
+                            paths=("image",) + paths)
+
+
+def embed_listings(index: Index, encoder: TextEncoder, batch_size: int = 32,
+                   missing_only: bool = True) -> int:
+    """Compute and store the MiniLM vectors of the index's listings that lack one (one new
+    generation). Call after building/adding from a dataset folder. Returns how many."""
+    texts = index.listing_texts(missing_only=missing_only)
+    if not texts:
+        return 0
+    pids = list(texts)
+    vecs = encoder.encode([texts[p] for p in pids], batch_size=batch_size)
+    return index.set_listing_vectors(pids, vecs)
+
+
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "PATHS",
+    "RRF_K",
+    "ListingHit",
+    "TextSearchResult",
+    "available_paths",
+    "embed_listings",
+    "fts_query",
+    "path_rankings",
+    "rrf",
+    "search_text",
+    "similar_with_text",
+]
