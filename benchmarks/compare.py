@@ -133,7 +133,7 @@ def fold_bundle(src: Path, dst: Path) -> Path | None:
     int8 Conv (benchmarks/fold_prepro.py); None when the graph does not allow it."""
     from fold_prepro import fold_uint8_preprocessing
 
-    from mkt.export.bundle import file_hashes
+    from mkt.runtime.bundle import file_hashes
 
     if dst.exists():
         shutil.rmtree(dst)
@@ -160,9 +160,10 @@ def _cycle(arrays: np.ndarray, n: int) -> np.ndarray:
 def bench_models(args: argparse.Namespace, photos: list[Path], work: Path) -> dict[str, Any]:
     import torch
 
-    from mkt.export.onnx_export import load_checkpoint, wrap_checkpoint
+    from mkt.export.onnx_export import wrap_checkpoint
     from mkt.runtime.images import load_letterboxed
     from mkt.runtime.model import Model
+    from mkt.training.checkpoint import read_checkpoint
 
     torch.set_num_threads(args.threads)
     arrays = np.stack([load_letterboxed(p, 224) for p in photos])
@@ -209,7 +210,7 @@ def bench_models(args: argparse.Namespace, photos: list[Path], work: Path) -> di
                   f"mkt/assets/bundle, int8 try {cal.get('try')}")
         e2e_bundle = shipped
     for arch, (ckpt_path, _) in built.items():
-        net = wrap_checkpoint(load_checkpoint(ckpt_path)).eval()
+        net = wrap_checkpoint(read_checkpoint(ckpt_path)).eval()
 
         def run(x: np.ndarray, net=net) -> Any:
             with torch.inference_mode():

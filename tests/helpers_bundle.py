@@ -11,11 +11,13 @@ NHWC->NCHW -> two strided convs -> global average pool -> ``logits`` [N,13] and 
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from mkt.runtime.bundle import write_manifest
+from mkt.runtime.preprocess import Preprocess
 
 LABELS = [
     "Appliances",
@@ -34,10 +36,6 @@ LABELS = [
 ]
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
-
-
-def _sha256(p: Path) -> str:
-    return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
 def build_model_bytes(size: int = 224, dim: int = 256, seed: int = 0) -> tuple[bytes, str]:
@@ -102,14 +100,9 @@ def build_dev_bundle(out: str | Path, *, size: int = 224, dim: int = 256, seed: 
     data, model_id = build_model_bytes(size, dim, seed)
     (out / "model.fp32.onnx").write_bytes(data)
     manifest = {
-        "schema_version": 1,
         "model_id": model_id,
         "arch": "dev_tiny_random",
-        "input": {
-            "name": "image", "dtype": "uint8", "layout": "NHWC", "size": size,
-            "resize": "letterbox", "pad": [0, 0, 0], "interpolation": "bilinear",
-        },
-        "preprocessing": {"mean": MEAN, "std": STD, "in_graph": True},
+        **Preprocess(size=size, mean=tuple(MEAN), std=tuple(STD)).to_manifest(),
         "labels": LABELS,
         "embedding_dim": dim,
         "outputs": {"logits": "logits", "embedding": "embedding"},
@@ -119,9 +112,8 @@ def build_dev_bundle(out: str | Path, *, size: int = 224, dim: int = 256, seed: 
         "training": {"note": "random weights, for tests only", "metrics": {}},
         "export": {"command": "tests/helpers_bundle.py"},
         "parity": {},
-        "files": {"model.fp32.onnx": _sha256(out / "model.fp32.onnx")},
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_manifest(out, manifest)
     return out
 
 

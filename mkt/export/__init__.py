@@ -40,8 +40,11 @@ def export_bundle(
     """
     import numpy as np
 
-    from . import bundle as B
-    from .onnx_export import OPSET, export_fp32, load_checkpoint, torch_outputs, wrap_checkpoint
+    from mkt.runtime import bundle as B
+    from mkt.runtime.fsutil import atomic_write_json
+    from mkt.training.checkpoint import model_id_from_state_dict, preprocess_of, read_checkpoint
+
+    from .onnx_export import OPSET, export_fp32, torch_outputs, wrap_checkpoint
     from .parity import (
         TARGETS,
         compare,
@@ -54,8 +57,9 @@ def export_bundle(
     )
     from .quantize import default_tries, preprocess, quantize_int8
 
-    ckpt = load_checkpoint(checkpoint)
-    size = int(ckpt["input_size"])
+    ckpt = read_checkpoint(checkpoint)
+    contract = preprocess_of(ckpt)
+    size = contract.size
     tries = tries if tries is not None else default_tries(calibrate_method)
     if not tries:
         raise ValueError("no quantisation configuration to try")
@@ -83,7 +87,7 @@ def export_bundle(
         log(f"exporting {ckpt['arch']} to ONNX (opset {OPSET}) ...")
         export_fp32(wrapped, fp32, size)
 
-        tl, te = torch_outputs(wrapped, par_set.images)
+        tl, te, *_ = torch_outputs(wrapped, par_set.images)
         fl, fe, fp32_ms = run_onnx(fp32, par_set.images)
         fp32_info: dict[str, Any] = {
             "torch_vs_onnx_logits_max_abs": float(np.abs(tl - fl).max()),
@@ -149,7 +153,7 @@ def export_bundle(
             "misses": best["misses"],
             "metrics": best["metrics"],
         }
-        B.write_json(bdir / B.PARITY_FILE, report)
+        atomic_write_json(bdir / B.PARITY_FILE, report)
         log(format_report(report))
 
         q = best["quantisation"]
@@ -158,18 +162,15 @@ def export_bundle(
         cdata = ckpt.get("data") or {}
         manifest = {
             "schema_version": B.SCHEMA_VERSION,
-            "model_id": B.model_id_from_state_dict(ckpt["state_dict"]),
+            "model_id": model_id_from_state_dict(ckpt["state_dict"]),
             "arch": ckpt["arch"],
-            "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "size": size,
-                      "resize": "letterbox", "pad": [0, 0, 0], "interpolation": "bilinear"},
-            "preprocessing": {"mean": [float(v) for v in ckpt["mean"]],
-                              "std": [float(v) for v in ckpt["std"]], "in_graph": True},
+            **contract.to_manifest(),
             "labels": list(ckpt["labels"]),
             "embedding_dim": int(ckpt["embed_dim"]),
             "outputs": {"logits": "logits", "embedding": "embedding"},
             "models": models,
             "default": "int8",
-            "versions": B.versions(),
+            "versions": B.library_versions(),
             "training": {
                 "data": cdata,
                 "split": {"sha256": cdata.get("split_sha256"), "seed": cdata.get("split_seed")},

@@ -16,39 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from mkt.training.models import MktNet, build_model
+from mkt.training.checkpoint import model_from_checkpoint, preprocess_of
 
-CHECKPOINT_FORMAT = "mkt-checkpoint/1"
 OPSET = 17
 INPUT_NAME = "image"
-OUTPUT_NAMES = ("logits", "embedding")
-_REQUIRED = ("format", "arch", "num_classes", "labels", "embed_dim", "input_size", "mean", "std",
-             "state_dict")
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a design.md checkpoint safely (``weights_only=True``) and check its keys."""
-    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: not an mkt checkpoint (not a dict)")
-    missing = [k for k in _REQUIRED if k not in ckpt]
-    if missing:
-        raise ValueError(f"{path}: not an mkt checkpoint (missing {', '.join(missing)})")
-    if ckpt["format"] != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: checkpoint format {ckpt['format']!r}, "
-                         f"want {CHECKPOINT_FORMAT!r}")
-    if len(ckpt["labels"]) != ckpt["num_classes"]:
-        raise ValueError(f"{path}: {len(ckpt['labels'])} labels for "
-                         f"{ckpt['num_classes']} classes")
-    return ckpt
-
-
-def model_from_checkpoint(ckpt: dict[str, Any]) -> MktNet:
-    """Rebuild the network (random init, no download) and load the weights strictly; eval mode."""
-    model = build_model(ckpt["arch"], int(ckpt["num_classes"]), int(ckpt["embed_dim"]),
-                        pretrained=None)
-    model.load_state_dict(ckpt["state_dict"], strict=True)
-    return model.eval()
+#: The graph's outputs, in the order the model returns them; a model without the cross-modal
+#: head returns the first two.
+OUTPUT_NAMES = ("logits", "embedding", "text_embedding")
 
 
 class UInt8Model(nn.Module):
@@ -69,15 +43,22 @@ class UInt8Model(nn.Module):
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 1, 1, 3))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 1, 1, 3))
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = image.to(torch.float32) / 255.0
         x = (x - self.mean) / self.std
         x = x.permute(0, 3, 1, 2)
-        return self.model(x)
+        return tuple(self.model(x))
+
+    def output_names(self, input_size: int) -> tuple[str, ...]:
+        """Names of the graph outputs this model gives (two or three)."""
+        with torch.no_grad():
+            n = len(self(torch.zeros(1, input_size, input_size, 3, dtype=torch.uint8)))
+        return OUTPUT_NAMES[:n]
 
 
 def wrap_checkpoint(ckpt: dict[str, Any]) -> UInt8Model:
-    return UInt8Model(model_from_checkpoint(ckpt), ckpt["mean"], ckpt["std"]).eval()
+    pre = preprocess_of(ckpt)
+    return UInt8Model(model_from_checkpoint(ckpt), pre.mean, pre.std).eval()
 
 
 def export_fp32(wrapped: UInt8Model, path: str | Path, input_size: int, opset: int = OPSET) -> None:
@@ -89,6 +70,7 @@ def export_fp32(wrapped: UInt8Model, path: str | Path, input_size: int, opset: i
         raise ValueError("opset must be >= 17")
     dummy = torch.zeros(2, input_size, input_size, 3, dtype=torch.uint8)
     batch = {0: "batch"}
+    names = wrapped.output_names(input_size)
     with torch.no_grad(), warnings.catch_warnings():
         # the TorchScript exporter's own deprecation notices; it is the one we want here
         warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -96,8 +78,8 @@ def export_fp32(wrapped: UInt8Model, path: str | Path, input_size: int, opset: i
         warnings.filterwarnings("ignore", message=".*(shape inference|Constant folding).*")
         torch.onnx.export(
             wrapped.eval(), (dummy,), str(path),
-            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-            dynamic_axes={INPUT_NAME: batch, OUTPUT_NAMES[0]: batch, OUTPUT_NAMES[1]: batch},
+            input_names=[INPUT_NAME], output_names=list(names),
+            dynamic_axes={INPUT_NAME: batch, **{n: batch for n in names}},
             opset_version=opset, do_constant_folding=True,
             training=torch.onnx.TrainingMode.EVAL, dynamo=False,
         )
@@ -107,21 +89,23 @@ def export_fp32(wrapped: UInt8Model, path: str | Path, input_size: int, opset: i
     if inp.name != INPUT_NAME or inp.type.tensor_type.elem_type != onnx.TensorProto.UINT8:
         raise RuntimeError(f"{path}: exported input is not uint8 {INPUT_NAME!r}")
     outs = tuple(o.name for o in model.graph.output)
-    if outs != OUTPUT_NAMES:
-        raise RuntimeError(f"{path}: exported outputs {outs}, want {OUTPUT_NAMES}")
+    if outs != names:
+        raise RuntimeError(f"{path}: exported outputs {outs}, want {names}")
 
 
 def torch_outputs(wrapped: UInt8Model, images: np.ndarray,
-                  batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Run the wrapped torch model on uint8 NHWC images: (logits, embedding) as numpy."""
-    logits, embs = [], []
+                  batch: int = 32) -> tuple[np.ndarray, ...]:
+    """Run the wrapped torch model on uint8 NHWC images: each output as one numpy array."""
+    parts: list[list[np.ndarray]] = []
     with torch.inference_mode():
         for i in range(0, len(images), batch):
-            lg, em = wrapped(torch.from_numpy(np.ascontiguousarray(images[i:i + batch])))
-            logits.append(lg.numpy())
-            embs.append(em.numpy())
-    return np.concatenate(logits), np.concatenate(embs)
+            outs = wrapped(torch.from_numpy(np.ascontiguousarray(images[i:i + batch])))
+            if not parts:
+                parts = [[] for _ in outs]
+            for acc, o in zip(parts, outs, strict=True):
+                acc.append(o.numpy())
+    return tuple(np.concatenate(p) for p in parts)
 
 
-__all__ = ["CHECKPOINT_FORMAT", "OPSET", "UInt8Model", "export_fp32", "load_checkpoint",
-           "model_from_checkpoint", "torch_outputs", "wrap_checkpoint"]
+__all__ = ["OPSET", "OUTPUT_NAMES", "UInt8Model", "export_fp32", "torch_outputs",
+           "wrap_checkpoint"]

@@ -23,7 +23,11 @@ from typing import Any
 from .errors import CatalogueError
 from .images import is_image_file
 
-_TITLE_SUFFIX = re.compile(r"\s*\|\s*in\s+[^|]*\|\s*Gumtree\s*$")
+_TITLE_SUFFIX = re.compile(r"\s*\|\s*in\s+[^|]*\|\s*Gumtree\s*$", re.IGNORECASE)
+
+#: Asking prices above this are treated as unknown (the data has absurd asks up to
+#: £10,000,000). The one price rule: training, evaluation, baselines and ``mkt price`` use it.
+MAX_VALID_PRICE = 100_000.0
 
 
 @dataclass
@@ -37,6 +41,7 @@ class PhotoItem:
     price: float | None = None
     category: str | None = None
     location: str | None = None
+    description: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def meta(self, root: Path | None = None) -> dict[str, Any]:
@@ -62,9 +67,11 @@ def clean_title(name: str) -> str:
     return _TITLE_SUFFIX.sub("", name).strip()
 
 
-def parse_price(text: str) -> float | None:
+def parse_price(text: Any) -> float | None:
     """``"£1,250.00"`` -> ``1250.0``; None when unparseable."""
-    t = (text or "").strip().replace("£", "").replace(",", "").strip()
+    if text is None or (isinstance(text, float) and not math.isfinite(text)):
+        return None
+    t = re.sub(r"[£,\s]", "", str(text))
     if not t:
         return None
     try:
@@ -74,9 +81,26 @@ def parse_price(text: str) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def root_category(path: str) -> str:
+def valid_price(price: Any, max_price: float = MAX_VALID_PRICE) -> bool:
+    """True when ``price`` is a known number above £0 and at most ``max_price``."""
+    try:
+        p = float(price)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(p) and 0.0 < p <= max_price
+
+
+def root_category(path: Any) -> str:
     """``"Home & Garden / Garden & Patio / ..."`` -> ``"Home & Garden"``."""
-    return (path or "").split(" / ", 1)[0].strip()
+    return str(path or "").split(" / ", 1)[0].strip()
+
+
+def split_location(location: Any) -> tuple[str, str]:
+    """``"Wokingham, Berkshire"`` -> (town, county); a location without a comma is all town."""
+    parts = [p.strip() for p in str(location or "").split(",")]
+    town = parts[0] if parts else ""
+    county = ", ".join(parts[1:]) if len(parts) > 1 else ""
+    return town, county
 
 
 def read_csv_rows(path: str | os.PathLike) -> list[dict[str, str]]:
@@ -120,6 +144,7 @@ def read_products(folder: str | os.PathLike) -> dict[str, dict[str, Any]]:
     for r in rows:
         out[r["id"]] = {
             "title": clean_title(r["product_name"]),
+            "description": " ".join(r.get("product_description", "").split()) or None,
             "price": parse_price(r["price"]),
             "category": root_category(r["category"]),
             "category_path": r["category"],
@@ -147,6 +172,7 @@ def iter_dataset(folder: str | os.PathLike) -> Iterator[PhotoItem]:
             price=prod.get("price"),
             category=prod.get("category"),
             location=prod.get("location"),
+            description=prod.get("description"),
         )
 
 
@@ -176,6 +202,7 @@ def iter_source(source: str | os.PathLike) -> list[PhotoItem]:
 
 
 __all__ = [
+    "MAX_VALID_PRICE",
     "PhotoItem",
     "clean_title",
     "is_dataset_dir",
@@ -186,4 +213,6 @@ __all__ = [
     "read_csv_rows",
     "read_products",
     "root_category",
+    "split_location",
+    "valid_price",
 ]

@@ -2,8 +2,8 @@
 
 The preprocessing contract (docs/design.md): pad to a centred square on black, then resize to
 ``size`` with PIL bilinear. The ONNX graph does the normalisation, so the runtime only has to
-hand it ``uint8`` RGB ``HWC`` arrays. ``mkt.training.transforms.Letterbox`` is the torch-side
-twin of :func:`letterbox`; a test holds the two together.
+hand it ``uint8`` RGB ``HWC`` arrays. :mod:`mkt.runtime.preprocess` wraps these steps into the
+one contract that training, calibration, parity and the runtime share.
 
 Everything that can go wrong with a photo raises :class:`~mkt.runtime.errors.BadImageError`
 (never a PIL, OSError or numpy exception), with one line naming the file and the reason.
@@ -101,6 +101,21 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def upright_rgb(im: Image.Image, *, draft_size: int | None = None) -> Image.Image:
+    """Steps 1-3 of the preprocessing contract on an opened PIL image: JPEG draft decoding
+    (only while ``im`` is not yet loaded), EXIF orientation, any mode -> RGB.
+
+    :func:`load_image` and training's datasets both call this, so they cannot drift apart.
+    """
+    if draft_size and im.format == "JPEG":
+        im.draft("RGB", (int(draft_size), int(draft_size)))
+    im.load()
+    im = ImageOps.exif_transpose(im) or im
+    out = _to_rgb(im)
+    out.load()
+    return out
+
+
 def load_image(
     src: ImageSource,
     *,
@@ -157,12 +172,7 @@ def load_image(
                 raise ImageTooLargeError(
                     f"{label}: image too large ({w}x{h} = {w * h} pixels, limit {limit})"
                 )
-            if draft_size and im.format == "JPEG":
-                im.draft("RGB", (int(draft_size), int(draft_size)))
-            im.load()
-            im = ImageOps.exif_transpose(im) or im
-            out = _to_rgb(im)
-            out.load()
+            out = upright_rgb(im, draft_size=draft_size)
         return out
     except MktError:
         raise
@@ -184,8 +194,8 @@ def load_image(
 def letterbox(im: Image.Image, size: int) -> np.ndarray:
     """Pad to a centred square on black, then bilinear-resize to ``size``: uint8 HWC RGB.
 
-    Identical to ``mkt.training.transforms.Letterbox`` (the training/eval transform). The
-    shared 224x224 photos are already letterboxed, so this is the identity on them.
+    Step 4 of the preprocessing contract (:mod:`mkt.runtime.preprocess`). The shared
+    224x224 photos are already letterboxed, so this is the identity on them.
     """
     if im.mode != "RGB":
         im = _to_rgb(im)
@@ -234,4 +244,5 @@ __all__ = [
     "letterbox",
     "load_image",
     "load_letterboxed",
+    "upright_rgb",
 ]

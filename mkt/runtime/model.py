@@ -1,7 +1,10 @@
 """ONNX Runtime inference: classification and embeddings from one trunk pass.
 
-The graph takes ``uint8 [N, S, S, 3]`` (letterboxed RGB) and returns ``logits [N, C]`` and
-``embedding [N, D]`` (L2-normalised), see docs/design.md. Softmax is done here in numpy.
+The graph takes ``uint8 [N, S, S, 3]`` (photos through the preprocessing contract,
+:mod:`mkt.runtime.preprocess`) and returns ``logits [N, C]``, ``embedding [N, D]``
+(L2-normalised) and, in bundles trained with text, ``text_embedding [N, T]``: the photo in the
+text encoder's space, for cross-modal search (docs/design.md). Softmax is done here in numpy,
+with the temperature fitted on val when the bundle has one, so scores are calibrated.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 
 from .bundle import Bundle, load_bundle
 from .errors import BundleError
-from .images import ImageSource, load_letterboxed
+from .images import ImageSource
 
 
 def default_threads() -> int:
@@ -72,6 +75,8 @@ class Prediction:
     score: float
     top: list[tuple[str, float]] = field(default_factory=list)
     paths: list[str] | None = None  # set for a --listing prediction (several photos)
+    #: the top score is below the confidence floor fitted on val: say so, don't guess
+    uncertain: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"path": self.path}
@@ -79,6 +84,7 @@ class Prediction:
             d["paths"] = list(self.paths)
         d["category"] = self.category
         d["score"] = round(float(self.score), 6)
+        d["uncertain"] = bool(self.uncertain)
         d["top"] = [{"category": c, "score": round(float(s), 6)} for c, s in self.top]
         return d
 
@@ -99,9 +105,12 @@ class Model:
         threads: int | None = None,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-        self.variant = variant or self.bundle.default_variant
         self.threads = int(threads) if threads else default_threads()
+        self.variant, self.precision_info = self._choose_variant(variant)
         path = self.bundle.model_path(self.variant)
+        cal = self.bundle.calibration
+        self.temperature = _positive(cal.get("temperature"), 1.0)
+        self.min_confidence = _unit(cal.get("min_confidence"), 0.0)
 
         import onnxruntime as ort  # heavy: imported when a model is actually built
 
@@ -125,7 +134,24 @@ class Model:
         for name in (b.logits_name, b.embedding_name):
             if name not in outputs:
                 raise BundleError(f"{path}: model has no output '{name}'")
+        self.text_embedding_name = (b.text_embedding_name
+                                    if b.text_embedding_name in outputs else None)
         _check_shapes(self.session, b, path)
+
+    def _choose_variant(self, requested: str | None) -> tuple[str, dict[str, Any]]:
+        """``None``/``"auto"``: the faster precision on this CPU (measured once, cached);
+        ``"int8"``/``"fp32"``: that one. See :mod:`mkt.runtime.precision`."""
+        b = self.bundle
+        if requested in (None, "auto") and len(b.models) > 1:
+            from .precision import choose_precision
+
+            models = {v: b.model_path(v) for v in b.models}
+            return choose_precision(b.path, models, "auto")
+        if requested in (None, "auto"):
+            return b.default_variant, {"chosen": b.default_variant, "reason": "only one"}
+        if requested not in ("int8", "fp32"):
+            raise BundleError(f"unknown precision {requested!r}; use auto, int8 or fp32")
+        return requested, {"chosen": requested, "reason": "requested"}
 
     # -- properties ---------------------------------------------------------------------
     @property
@@ -144,9 +170,25 @@ class Model:
     def embedding_dim(self) -> int:
         return self.bundle.embedding_dim
 
+    @property
+    def preprocess(self):  # noqa: ANN201 - Preprocess, imported lazily with the bundle
+        """The preprocessing contract this model was trained with."""
+        return self.bundle.preprocess
+
+    @property
+    def has_text_embedding(self) -> bool:
+        """True when the graph also places photos in the text encoder's space."""
+        return self.text_embedding_name is not None
+
     # -- core -----------------------------------------------------------------------------
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Run the graph on ``uint8 [N, S, S, 3]``: returns ``(logits [N,C], emb [N,D])``."""
+        out = self.run(batch)
+        return out["logits"], out["embedding"]
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of one graph pass: ``logits``, ``embedding`` and, when the bundle has
+        it, ``text_embedding``."""
         x = np.asarray(batch)
         s = self.input_size
         if x.ndim == 3:
@@ -155,16 +197,15 @@ class Model:
             raise ValueError(f"expected uint8 [N,{s},{s},3], got {x.dtype} {list(x.shape)}")
         if x.dtype != np.uint8:
             raise ValueError(f"expected uint8 input, got {x.dtype}")
-        if x.shape[0] == 0:
-            return (
-                np.zeros((0, len(self.labels)), np.float32),
-                np.zeros((0, self.embedding_dim), np.float32),
-            )
         b = self.bundle
-        logits, emb = self.session.run(
-            [b.logits_name, b.embedding_name], {b.input_name: np.ascontiguousarray(x)}
-        )
-        return np.asarray(logits, np.float32), np.asarray(emb, np.float32)
+        names = {"logits": b.logits_name, "embedding": b.embedding_name}
+        if self.text_embedding_name:
+            names["text_embedding"] = self.text_embedding_name
+        if x.shape[0] == 0:
+            widths = {"logits": len(self.labels), "embedding": self.embedding_dim}
+            return {k: np.zeros((0, widths.get(k, 0)), np.float32) for k in names}
+        outs = self.session.run(list(names.values()), {b.input_name: np.ascontiguousarray(x)})
+        return {k: np.asarray(v, np.float32) for k, v in zip(names, outs, strict=True)}
 
     def load(self, sources: Sequence[ImageSource], *, workers: int | None = None) -> np.ndarray:
         """Decode + letterbox photos in parallel threads (PIL releases the GIL while decoding).
@@ -175,17 +216,22 @@ class Model:
         s = self.input_size
         if not sources:
             return np.zeros((0, s, s, 3), np.uint8)
+        load = self.preprocess.load
         n = workers or self.threads
         if n <= 1 or len(sources) == 1:
-            arrs = [load_letterboxed(p, s) for p in sources]
+            arrs = [load(p) for p in sources]
         else:
             with ThreadPoolExecutor(max_workers=n) as ex:
-                arrs = list(ex.map(lambda p: load_letterboxed(p, s), sources))
+                arrs = list(ex.map(load, sources))
         return np.stack(arrs)
 
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities: softmax of ``logits / temperature``."""
+        return softmax(np.atleast_2d(logits) / self.temperature)
+
     def top_k(self, logits: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
-        """Softmax each row and return the ``k`` best ``(label, probability)`` pairs."""
-        probs = softmax(np.atleast_2d(logits))
+        """Calibrated softmax of each row and the ``k`` best ``(label, probability)`` pairs."""
+        probs = self.probabilities(logits)
         k = max(1, min(int(k), probs.shape[1]))
         out = []
         for row in probs:
@@ -209,10 +255,12 @@ class Model:
             if len(logits) == 0:
                 return []
             top = self.top_k(logits.mean(axis=0, keepdims=True), k)[0]
-            return [Prediction(names[0], top[0][0], top[0][1], top, paths=names)]
+            return [Prediction(names[0], top[0][0], top[0][1], top, paths=names,
+                               uncertain=top[0][1] < self.min_confidence)]
         preds = []
         for name, top in zip(names, self.top_k(logits, k), strict=True):
-            preds.append(Prediction(name, top[0][0], top[0][1], top))
+            preds.append(Prediction(name, top[0][0], top[0][1], top,
+                                    uncertain=top[0][1] < self.min_confidence))
         return preds
 
     def classify(
@@ -254,6 +302,24 @@ class Model:
             f"Model(model_id={self.model_id!r}, arch={self.bundle.arch!r}, "
             f"variant={self.variant!r}, threads={self.threads})"
         )
+
+
+def _positive(v: Any, default: float) -> float:
+    """A calibration number that must be finite and > 0 (else the default: never trust a
+    hostile manifest into a division by zero)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return default
+    return f if np.isfinite(f) and 1e-3 <= f <= 1e3 else default
+
+
+def _unit(v: Any, default: float) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return default
+    return f if np.isfinite(f) and 0.0 <= f <= 1.0 else default
 
 
 __all__ = ["Model", "Prediction", "default_threads", "softmax"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,38 +16,17 @@ from pathlib import Path
 
 import pandas as pd
 
-TITLE_SUFFIX = re.compile(r"\s*\|\s*in\s+[^|]*\|\s*Gumtree\s*$", re.IGNORECASE)
-PRICE_CLEAN = re.compile(r"[£,\s]")
+from mkt.runtime.catalogue import clean_title as strip_title
+from mkt.runtime.catalogue import parse_price as _parse_price
+from mkt.runtime.catalogue import root_category, split_location
+
 HAS_LETTER = re.compile(r"[A-Za-z]")
 
 
 def parse_price(text: object) -> float:
-    """Parse a price like ``£1,250.00`` into pounds; NaN when it is not a price."""
-    if text is None or (isinstance(text, float) and math.isnan(text)):
-        return float("nan")
-    cleaned = PRICE_CLEAN.sub("", str(text))
-    try:
-        return float(cleaned)
-    except ValueError:
-        return float("nan")
-
-
-def strip_title(name: object) -> str:
-    """Drop the `` | in Town, County | Gumtree`` suffix the site appends to every title."""
-    return TITLE_SUFFIX.sub("", str(name)).strip()
-
-
-def root_category(path: object) -> str:
-    """The root category is the part of the path before the first ``" / "``."""
-    return str(path).split(" / ", 1)[0].strip()
-
-
-def split_location(location: object) -> tuple[str, str]:
-    """``"Wokingham, Berkshire"`` -> (town, county); a location without a comma is all town."""
-    parts = [p.strip() for p in str(location).split(",")]
-    town = parts[0] if parts else ""
-    county = ", ".join(parts[1:]) if len(parts) > 1 else ""
-    return town, county
+    """The runtime's price parser (one rule), with NaN for "not a price" in a DataFrame."""
+    v = _parse_price(text)
+    return float("nan") if v is None else v
 
 
 def _is_text(value: object) -> bool:

@@ -14,6 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from sklearn import metrics as skm
+
+from mkt.runtime.catalogue import MAX_VALID_PRICE
 
 CHUNK = 1024
 
@@ -55,13 +58,16 @@ def topk_indices(q: np.ndarray, db: np.ndarray, k: int, exclude_self: bool = Fal
 
 
 def topk_accuracy(logits: np.ndarray, y: np.ndarray, k: int = 1) -> float:
-    """Fraction of rows whose true class is among the ``k`` highest scores."""
+    """Fraction of rows whose true class is among the ``k`` highest scores (scikit-learn)."""
     logits, y = np.asarray(logits), np.asarray(y)
     if len(y) == 0:
         return float("nan")
-    k = min(k, logits.shape[1])
-    top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
-    return float((top == y[:, None]).any(1).mean())
+    n = logits.shape[1]
+    if k >= n:
+        return 1.0
+    if k == 1 or n <= 2:  # sklearn's top-k scorer reads a 2-column score as binary
+        return float(skm.accuracy_score(y, logits.argmax(1)))
+    return float(skm.top_k_accuracy_score(y, logits, k=k, labels=np.arange(n)))
 
 
 def listing_scores(logits: np.ndarray, listing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -89,18 +95,18 @@ def listing_accuracy(logits: np.ndarray, y: np.ndarray, listing: np.ndarray) -> 
 
 
 def confusion(y: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
-    """Counts ``[n, n]``: row = true class, column = predicted class."""
-    cm = np.zeros((n, n), np.int64)
-    np.add.at(cm, (np.asarray(y, np.int64), np.asarray(pred, np.int64)), 1)
-    return cm
+    """Counts ``[n, n]``: row = true class, column = predicted class (scikit-learn)."""
+    return skm.confusion_matrix(np.asarray(y, np.int64), np.asarray(pred, np.int64),
+                                labels=np.arange(n)).astype(np.int64)
 
 
 def per_class_accuracy(y: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
-    """Recall of each class (NaN for a class with no rows)."""
-    cm = confusion(y, pred, n)
-    support = cm.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
+    """Recall of each class (NaN for a class with no rows; scikit-learn's recall)."""
+    y = np.asarray(y, np.int64)
+    rec = skm.recall_score(y, np.asarray(pred, np.int64), labels=np.arange(n), average=None,
+                           zero_division=np.nan)
+    support = np.bincount(y, minlength=n)
+    return np.where(support > 0, rec, np.nan)
 
 
 def normalise_rows(cm: np.ndarray) -> np.ndarray:
@@ -160,7 +166,7 @@ def category_precision_at_k(q_emb: np.ndarray, q_cat: np.ndarray, db_emb: np.nda
 # --------------------------------------------------------------------------- price
 
 
-def valid_price(price: np.ndarray, max_price: float = 100_000.0) -> np.ndarray:
+def valid_price(price: np.ndarray, max_price: float = MAX_VALID_PRICE) -> np.ndarray:
     """The price rule used everywhere: known, above £0 and at most ``max_price``."""
     p = np.asarray(price, np.float64)
     with np.errstate(invalid="ignore"):

@@ -13,9 +13,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from mkt.training.transforms import Letterbox
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+from mkt.runtime.images import is_image_file
+from mkt.runtime.preprocess import Preprocess
 
 
 @dataclass
@@ -33,8 +32,7 @@ def _one(args: tuple[str, str, int]) -> tuple[str, str, str]:
             with Image.open(d) as im:
                 if im.size == (size, size) and im.mode == "RGB":
                     return ("skipped", src, "")
-        with Image.open(src) as im:
-            out = Letterbox(size)(im)
+        out = Image.fromarray(Preprocess(size=size).load(src))
         tmp = d.with_suffix(".tmp.jpg")
         out.save(tmp, "JPEG", quality=95)
         os.replace(tmp, d)
@@ -48,7 +46,7 @@ def prepare_photos(src: Path, out: Path, size: int = 224, workers: int | None = 
     """Letterbox every photo in ``src`` into ``out/<stem>.jpg`` at ``size`` px."""
     src, out = Path(src), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in src.iterdir() if is_image_file(p))
     jobs = [(str(p), str(out / f"{p.stem}.jpg"), size) for p in files]
     report = PhotoReport()
     workers = workers or max(1, (os.cpu_count() or 2))

@@ -17,35 +17,29 @@ import pandas as pd
 SPLITS = ("train", "val", "test")
 
 
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[str, str] = {}
-
-    def find(self, x: str) -> str:
-        self.parent.setdefault(x, x)
-        root = x
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[x] != root:
-            self.parent[x], x = root, self.parent[x]
-        return root
-
-    def union(self, a: str, b: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
 def listing_groups(listings: pd.DataFrame, photos: pd.DataFrame) -> dict[str, str]:
-    """Map each listing to a group id; listings sharing byte-identical photos share a group."""
-    uf = _UnionFind()
-    for pid in listings["product_id"]:
-        uf.find(pid)
-    for _, grp in photos.groupby("sha256"):
-        pids = sorted(set(grp["product_id"]))
-        for other in pids[1:]:
-            uf.union(pids[0], other)
-    return {pid: uf.find(pid) for pid in listings["product_id"]}
+    """Map each listing to a group id; listings sharing byte-identical photos share a group.
+
+    The groups are the connected components (scipy) of the graph whose nodes are listings and
+    photo hashes, with an edge from each listing to each of its photos' hashes. A group's id
+    is its smallest product id, so it does not depend on row order.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    pids = sorted(set(listings["product_id"]))
+    index = {pid: i for i, pid in enumerate(pids)}
+    ph = photos[photos["product_id"].isin(index)]
+    hashes = {h: len(pids) + i for i, h in enumerate(sorted(set(ph["sha256"])))}
+    rows = [index[p] for p in ph["product_id"]]
+    cols = [hashes[h] for h in ph["sha256"]]
+    n = len(pids) + len(hashes)
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    first: dict[int, str] = {}
+    for pid in pids:  # sorted, so the first listing met is the smallest id
+        first.setdefault(int(comp[index[pid]]), pid)
+    return {pid: first[int(comp[index[pid]])] for pid in pids}
 
 
 def make_split(

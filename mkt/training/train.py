@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mkt.runtime.preprocess import Preprocess
 from mkt.training.clean import load_labels
 from mkt.training.features import StemCache, build_stem_cache
 from mkt.training.models import MktNet, build_model, get_arch
@@ -189,10 +190,7 @@ class _PhotoDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from PIL import Image
-
-        with Image.open(self.paths[i]) as im:
-            return self.transform(im.convert("RGB"))
+        return self.transform(self.paths[i])
 
 
 class ImageFeeder:
@@ -200,8 +198,9 @@ class ImageFeeder:
 
     def __init__(self, paths: list[str], arch: str, device: torch.device, workers: int) -> None:
         spec = get_arch(arch)
-        self.train_ds = _PhotoDataset(paths, train_transform(spec.input_size, spec.mean, spec.std))
-        self.eval_ds = _PhotoDataset(paths, eval_transform(spec.input_size, spec.mean, spec.std))
+        pre = Preprocess(size=spec.input_size, mean=spec.mean, std=spec.std)
+        self.train_ds = _PhotoDataset(paths, train_transform(pre))
+        self.eval_ds = _PhotoDataset(paths, eval_transform(pre))
         self.device, self.workers = device, workers
         self.cuda = device.type == "cuda"
 
@@ -300,15 +299,40 @@ def save_checkpoint(path: Path, model: MktNet, cfg: TrainConfig, data: TrainData
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path | str) -> tuple[MktNet, dict]:
-    """Rebuild the model from a checkpoint (state dicts + config only; no pickled code)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not an mkt checkpoint")
-    model = build_model(ckpt["arch"], ckpt["num_classes"], ckpt["embed_dim"], pretrained=None)
+_REQUIRED = ("format", "arch", "num_classes", "labels", "embed_dim", "input_size", "mean", "std",
+             "state_dict")
+
+
+def read_checkpoint(path: Path | str) -> dict:
+    """Read a checkpoint safely (``weights_only=True``: no pickled code) and check its keys."""
+    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: not an mkt checkpoint (not a dict)")
+    missing = [k for k in _REQUIRED if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path}: not an mkt checkpoint (missing {', '.join(missing)})")
+    if ckpt["format"] != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: checkpoint format {ckpt['format']!r}, "
+                         f"want {CHECKPOINT_FORMAT!r}")
+    if len(ckpt["labels"]) != ckpt["num_classes"]:
+        raise ValueError(f"{path}: {len(ckpt['labels'])} labels for "
+                         f"{ckpt['num_classes']} classes")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> MktNet:
+    """Rebuild the network (random init, no download) and load the weights strictly; eval mode."""
+    model = build_model(ckpt["arch"], int(ckpt["num_classes"]), int(ckpt["embed_dim"]),
+                        pretrained=None)
     model.load_state_dict(ckpt["state_dict"], strict=True)
     model.pretrained = ckpt.get("pretrained", "unknown")
-    return model.eval(), ckpt
+    return model.eval()
+
+
+def load_checkpoint(path: Path | str) -> tuple[MktNet, dict]:
+    """Rebuild the model from a checkpoint (state dicts + config only; no pickled code)."""
+    ckpt = read_checkpoint(path)
+    return model_from_checkpoint(ckpt), ckpt
 
 
 def latest_epoch_checkpoint(out: Path) -> Path | None:

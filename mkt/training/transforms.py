@@ -1,57 +1,59 @@
-"""Image transforms for training and evaluation.
+"""Torch transforms on top of the one preprocessing contract (:mod:`mkt.runtime.preprocess`).
 
-The eval transform is the contract with the runtime: letterbox (pad to square on black,
-centred) then bilinear resize, then normalise. ``mkt.runtime.images`` re-implements it without
-torch, and a test holds the two to a tight bound.
+Every photo a model is trained, evaluated or calibrated on is decoded by
+:meth:`Preprocess.load` (EXIF orientation, any mode to RGB, JPEG draft, letterbox), exactly as
+the runtime decodes a user's photo. Augmentation then works on that array; normalisation is
+:meth:`Preprocess.normalise`'s arithmetic, as the exported graph does it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable
 
+import numpy as np
 from PIL import Image
+
+from mkt.runtime.preprocess import Preprocess
 
 
 class Letterbox:
-    """Pad a PIL image to a centred square on black, then resize to ``size`` (bilinear)."""
+    """PIL image -> PIL image through the contract's steps 1-4 (for PIL-based pipelines)."""
 
-    def __init__(self, size: int, fill: tuple[int, int, int] = (0, 0, 0)) -> None:
-        self.size = size
-        self.fill = fill
+    def __init__(self, size: int) -> None:
+        self.pre = Preprocess(size=size)
 
     def __call__(self, im: Image.Image) -> Image.Image:
-        im = im.convert("RGB")
-        w, h = im.size
-        if w != h:
-            side = max(w, h)
-            canvas = Image.new("RGB", (side, side), self.fill)
-            canvas.paste(im, ((side - w) // 2, (side - h) // 2))
-            im = canvas
-        if im.size != (self.size, self.size):
-            im = im.resize((self.size, self.size), Image.BILINEAR)
-        return im
+        return Image.fromarray(self.pre.from_pil(im))
 
     def __repr__(self) -> str:
-        return f"Letterbox(size={self.size})"
+        return f"Letterbox(size={self.pre.size})"
 
 
-def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]):
+def _to_tensor(arr: np.ndarray, pre: Preprocess):
+    import torch
+
+    return torch.from_numpy(pre.normalise(arr[None])[0])
+
+
+def eval_transform(pre: Preprocess) -> Callable[[str | os.PathLike], object]:
+    """Photo path -> normalised ``float32 [3, S, S]`` tensor, no augmentation."""
+    return lambda path: _to_tensor(pre.load(path), pre)
+
+
+def train_transform(pre: Preprocess) -> Callable[[str | os.PathLike], object]:
+    """Photo path -> augmented tensor: random resized crop, flip, colour jitter on the
+    contract's letterboxed pixels, then the contract's normalisation."""
     from torchvision import transforms as T
 
-    return T.Compose([Letterbox(size), T.ToTensor(), T.Normalize(mean, std)])
+    aug = T.Compose([
+        T.RandomResizedCrop(pre.size, scale=(0.6, 1.0), antialias=True),
+        T.RandomHorizontalFlip(),
+        T.ColorJitter(0.2, 0.2, 0.2, 0.02),
+    ])
 
+    def run(path: str | os.PathLike):
+        arr = np.asarray(aug(Image.fromarray(pre.load(path))), dtype=np.uint8)
+        return _to_tensor(arr, pre)
 
-def train_transform(size: int, mean: Sequence[float], std: Sequence[float]):
-    """Augmentation for full fine-tuning: random resized crop, flip, colour jitter."""
-    from torchvision import transforms as T
-
-    return T.Compose(
-        [
-            Letterbox(size),
-            T.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True),
-            T.RandomHorizontalFlip(),
-            T.ColorJitter(0.2, 0.2, 0.2, 0.02),
-            T.ToTensor(),
-            T.Normalize(mean, std),
-        ]
-    )
+    return run
