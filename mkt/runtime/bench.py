@@ -1,7 +1,7 @@
 """Runtime benchmarks behind ``mkt bench`` (torch-free: onnxruntime, numpy, Pillow, stdlib).
 
-What is measured, on real photos (the packaged examples + ``tests/fixtures/photos`` in a source
-checkout, or a folder given by the caller):
+What is measured, on real photos (the packaged examples ``mkt/assets/examples``, or folders
+given by the caller):
 
 - ``classify_e2e_ms``: :meth:`Model.classify` on one photo path at a time (batch 1): read +
   decode + letterbox + inference + softmax/top-k. p50/p95/p99 over every photo x repeats.
@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import MktError
 from .images import is_image_file, load_letterboxed
 from .model import Model
 
@@ -129,10 +130,9 @@ def versions() -> dict[str, str]:
 
 
 def default_photo_dirs() -> list[Path]:
-    """The packaged examples, plus ``tests/fixtures/photos`` when running from a checkout."""
-    pkg = Path(__file__).resolve().parent.parent
-    dirs = [pkg / "assets" / "examples", pkg.parent / "tests" / "fixtures" / "photos"]
-    return [d for d in dirs if d.is_dir()]
+    """The packaged example photos (``mkt/assets/examples``), if installed."""
+    d = Path(__file__).resolve().parent.parent / "assets" / "examples"
+    return [d] if d.is_dir() else []
 
 
 def list_photos(dirs: Sequence[str | os.PathLike], limit: int | None = None) -> list[Path]:
@@ -233,24 +233,6 @@ def bench_classify_e2e(
     """Batch-1 end-to-end classification latency (ms): one ``classify([path])`` per sample."""
     calls = [lambda p=p: model.classify([p]) for p in photos]
     return summarize(_timed_loop(calls, repeats, warmup))
-
-
-def bench_decode(
-    size: int, photos: Sequence[Path], repeats: int, warmup: int = 1
-) -> dict[str, float]:
-    """Read + decode + letterbox latency (ms) of one photo."""
-    calls = [lambda p=p: load_letterboxed(p, size) for p in photos]
-    return summarize(_timed_loop(calls, repeats, warmup))
-
-
-def bench_model_only(
-    model: Model, arrays: np.ndarray, repeats: int, warmup: int = 5
-) -> dict[str, float]:
-    """Batch-1 inference latency (ms) on letterboxed ``uint8`` arrays (``Model.predict``)."""
-    for _ in range(max(0, warmup)):
-        model.predict(arrays[:1])
-    calls = [lambda i=i: model.predict(arrays[i : i + 1]) for i in range(len(arrays))]
-    return summarize(_timed_loop(calls, repeats, 0))
 
 
 def bench_latency(
@@ -407,10 +389,7 @@ def bench_cold_start(
     untimed run (page cache, .pyc files): median wall time. Its peak RSS from one more run
     (VmHWM, see ``_HWM_WRAPPER``). Also the bare interpreter and ``import mkt.cli`` as
     baselines, to show where a slow start comes from."""
-    pkg_parent = str(Path(__file__).resolve().parent.parent.parent)
     env = dict(os.environ)
-    env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
-                                      else "")
     env.pop("MKT_DEBUG", None)
     args = ["classify", str(Path(photo).resolve()), "--json"]
     if bundle is not None:
@@ -418,7 +397,7 @@ def bench_cold_start(
     if threads:
         args += ["--threads", str(int(threads))]
     cmd = [sys.executable, "-m", "mkt.cli", *args]
-    cwd = tempfile.gettempdir()  # not the checkout: no accidental local imports
+    cwd = tempfile.gettempdir()  # the installed mkt, as a user runs it: not a checkout's
 
     def series(c: Sequence[str], n: int) -> tuple[list[float], int, str]:
         _run_child(c, env, cwd)  # untimed
@@ -490,10 +469,13 @@ def run_bench(
     """Run every measurement; returns one JSON-able dict (see the module docstring)."""
     dirs = [Path(p) for p in photos] if photos else default_photo_dirs()
     if not dirs:
-        raise FileNotFoundError("no photos to benchmark: pass --photos DIR")
-    paths = list_photos(dirs, max_photos)
+        raise MktError("no photos to benchmark: pass --photos DIR")
+    try:
+        paths = list_photos(dirs, max_photos)
+    except OSError as e:
+        raise MktError(f"cannot list photos ({e.strerror or e})") from None
     if not paths:
-        raise FileNotFoundError(f"no photos found in {', '.join(map(str, dirs))}")
+        raise MktError(f"{', '.join(map(str, dirs))}: no photos found")
     t_start = time.perf_counter()
     result: dict[str, Any] = {"schema": "mkt-bench/1", "machine": cpu_info(),
                               "versions": versions()}
@@ -597,10 +579,8 @@ __all__ = [
     "TARGETS",
     "bench_classify_e2e",
     "bench_cold_start",
-    "bench_decode",
     "bench_indexing",
     "bench_latency",
-    "bench_model_only",
     "bench_phone_jpeg",
     "check_targets",
     "cpu_info",
