@@ -26,16 +26,18 @@ from __future__ import annotations
 import os
 import threading
 from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
-from pydantic import BaseModel
 
 from . import __version__
-from .runtime.errors import BadImageError, ImageTooLargeError, MktIndexError
+from .runtime.batch import PhotoError, SimilarResult, classify_photos, similar_photos
+from .runtime.errors import ImageTooLargeError, MktIndexError
+from .runtime.price import PriceSuggestion, suggest_price
 
 #: Largest accepted photo upload (bytes). A phone photo is 2-5 MB.
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -50,75 +52,63 @@ GENERIC_TYPES = frozenset({"", "application/octet-stream"})
 UPLOAD_PATHS = frozenset({"/classify", "/similar", "/price"})
 
 
-# -- response models (for the OpenAPI schema) ---------------------------------------------
+# -- what the endpoints answer (for the OpenAPI schema) ------------------------------------
+# The answers are the runtime's result objects (their ``to_dict()``, as the CLI's --json):
+# SimilarResult, PriceSuggestion. Only classify and health are described here.
 
 
-class TopCategory(BaseModel):
+@dataclass
+class TopCategory:
     category: str
     score: float
 
 
-class ClassifyResponse(BaseModel):
+@dataclass
+class ClassifyAnswer:
+    """Schema of a :class:`~mkt.runtime.model.Prediction`'s ``to_dict()`` (its ``top`` is a
+    list of tuples in Python, objects in JSON)."""
+
     path: str
     category: str
     score: float
     top: list[TopCategory]
+    uncertain: bool = False
 
 
-class SimilarHit(BaseModel):
-    id: str
-    score: float
-    product_id: str | None = None
-    title: str | None = None
-    price: float | None = None
-    category: str | None = None
-
-
-class SimilarResponse(BaseModel):
-    path: str
-    results: list[SimilarHit]
-
-
-class PriceNeighbour(BaseModel):
-    id: str
-    product_id: str | None = None
-    title: str | None = None
-    price: float
-    score: float
-
-
-class PriceResponse(BaseModel):
-    path: str
-    price: float | None
-    low: float | None
-    high: float | None
-    neighbours: list[PriceNeighbour]
-
-
-class IndexInfo(BaseModel):
+@dataclass
+class IndexInfo:
     count: int
     model_id: str
     generation: int
 
 
-class HealthResponse(BaseModel):
+@dataclass
+class Health:
     status: str
     version: str
     model_id: str
     arch: str
     labels: list[str]
     embedding_dim: int
+    max_upload_bytes: int
     index: IndexInfo | None = None
     index_error: str | None = None
-    max_upload_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-class ErrorResponse(BaseModel):
+@dataclass
+class ErrorDetail:
     detail: str
 
 
+def _answer(model: Any, what: str) -> dict[int | str, dict[str, Any]]:
+    return {200: {"model": model, "description": what}}
+
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": what}
+    code: {"model": ErrorDetail, "description": what}
     for code, what in (
         (400, "The upload is not a readable image."),
         (413, "The upload is larger than the limit."),
@@ -126,6 +116,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (422, "Bad query parameters or no `file` field."),
     )
 }
+_NO_INDEX: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorDetail, "description": "No index loaded."}}
 
 
 # -- upload guard (pure ASGI: runs before FastAPI parses the body) ------------------------
@@ -291,8 +283,8 @@ def create_app(
             load()
         return st
 
-    def read_photo(file: UploadFile) -> tuple[str, Any]:
-        """Checks + decode: returns (name, letterboxed uint8 array)."""
+    def read_upload(file: UploadFile) -> tuple[str, bytes]:
+        """Checks: returns (name, bytes) of an image upload within the limit."""
         name = file.filename or "upload"
         ctype = (file.content_type or "").split(";", 1)[0].strip().lower()
         if not (ctype.startswith("image/") or ctype in GENERIC_TYPES):
@@ -302,19 +294,15 @@ def create_app(
             raise HTTPException(413, f"{name}: {_too_large(int(max_upload_bytes))}")
         if not data:
             raise HTTPException(400, f"{name}: empty upload")
-        from .runtime.images import load_letterboxed
+        return name, data
 
-        s = ready()
-        try:
-            arr = load_letterboxed(data, s.model.input_size, name=name)
-        except ImageTooLargeError as e:
-            raise HTTPException(413, str(e)) from None
-        except BadImageError as e:
-            raise HTTPException(400, str(e)) from None
-        return name, arr
-
-    def embed(arr: Any) -> Any:
-        return ready().model.embed_arrays(arr[None])
+    def one(results: Any, name: str) -> Any:
+        """The single answer for an upload; a photo that cannot be read is a 400 (413 when
+        it is too large), with the one-line reason."""
+        (r,) = list(results)
+        if isinstance(r, PhotoError):
+            raise HTTPException(413 if isinstance(r.exc, ImageTooLargeError) else 400, r.error)
+        return r
 
     def need_index() -> Any:
         s = ready()
@@ -322,70 +310,75 @@ def create_app(
             raise HTTPException(503, f"no index loaded: {s.index_error or 'not configured'}")
         return s.index
 
-    def search(vecs: Any, k: int) -> list[Any]:
-        idx = need_index()
-        with st.search_lock:
-            return idx.search(vecs, k)[0]
+    class _Locked:
+        """The index, searched under the lock (hnswlib searches are serialised)."""
+
+        def __init__(self, idx: Any) -> None:
+            self.idx = idx
+            self.count = idx.count
+
+        def search(self, vecs: Any, k: int) -> Any:
+            with st.search_lock:
+                return self.idx.search(vecs, k)
+
+        def get(self, photo_id: str) -> Any:
+            with st.search_lock:
+                return self.idx.get(photo_id)
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
         return RedirectResponse("/docs")
 
-    @app.get("/health", response_model=HealthResponse, response_model_exclude_none=True,
+    @app.get("/health", response_model=None, responses=_answer(Health, "What is loaded."),
              summary="Liveness + what is loaded")
-    def health() -> dict[str, Any]:
+    def health() -> JSONResponse:
         s = ready()
         m = s.model
-        out: dict[str, Any] = {
-            "status": "ok", "version": __version__, "model_id": m.model_id,
-            "arch": m.bundle.arch, "labels": list(m.labels), "embedding_dim": m.embedding_dim,
-            "max_upload_bytes": int(max_upload_bytes),
-        }
+        h = Health("ok", __version__, m.model_id, m.bundle.arch, list(m.labels),
+                   m.embedding_dim, int(max_upload_bytes))
         if s.index is not None:
-            out["index"] = {"count": s.index.count, "model_id": s.index.model_id,
-                            "generation": s.index.generation}
+            h.index = IndexInfo(s.index.count, s.index.model_id, s.index.generation)
         else:
-            out["index_error"] = s.index_error or "not configured"
-        return out
+            h.index_error = s.index_error or "not configured"
+        return JSONResponse(h.to_dict())
 
-    @app.post("/classify", response_model=ClassifyResponse, responses=_ERRORS,
+    @app.post("/classify", response_model=None,
+              responses={**_answer(ClassifyAnswer, "Top-k categories."), **_ERRORS},
               summary="Top-k categories of a photo")
     def classify(
         file: UploadFile = File(..., description="The photo (JPEG, PNG, WebP, ...)."),
         k: int = Query(3, ge=1, le=50, description="How many categories."),
-    ) -> dict[str, Any]:
-        name, arr = read_photo(file)
-        pred = ready().model.classify_arrays(arr[None], [name], k=k)[0]
-        return pred.to_dict()
+    ) -> JSONResponse:
+        name, data = read_upload(file)
+        pred = one(classify_photos(ready().model, [data], k=k, names=[name]), name)
+        return JSONResponse(pred.to_dict())
 
-    @app.post("/similar", response_model=SimilarResponse, response_model_exclude_none=True,
-              responses={**_ERRORS, 503: {"model": ErrorResponse,
-                                          "description": "No index loaded."}},
+    @app.post("/similar", response_model=None,
+              responses={**_answer(SimilarResult, "Most similar photos, best first."),
+                         **_ERRORS, **_NO_INDEX},
               summary="Most similar catalogue photos")
     def similar(
         file: UploadFile = File(..., description="The photo (JPEG, PNG, WebP, ...)."),
         k: int = Query(10, ge=1, le=100, description="How many results."),
-    ) -> dict[str, Any]:
-        need_index()
-        name, arr = read_photo(file)
-        hits = search(embed(arr), k)
-        return {"path": name, "results": [h.to_dict() for h in hits]}
+    ) -> JSONResponse:
+        idx = _Locked(need_index())
+        name, data = read_upload(file)
+        r = one(similar_photos(ready().model, idx, [data], k=k, names=[name]), name)
+        return JSONResponse(r.to_dict())
 
-    @app.post("/price", response_model=PriceResponse, responses={
-        **_ERRORS, 503: {"model": ErrorResponse, "description": "No index loaded."}},
-        summary="Suggested price from the nearest listings")
+    @app.post("/price", response_model=None,
+              responses={**_answer(PriceSuggestion, "Suggested price and range."),
+                         **_ERRORS, **_NO_INDEX},
+              summary="Suggested price from the nearest listings")
     def price(
         file: UploadFile = File(..., description="The photo (JPEG, PNG, WebP, ...)."),
         k: int | None = Query(None, ge=1, le=200,
-                       description="How many listings vote (default: the tuned one, 40)."),
-    ) -> dict[str, Any]:
-        from .runtime.price import DEFAULT_K, query_size, suggest_from_hits
-
-        kk = DEFAULT_K if k is None else int(k)
-        idx = need_index()
-        name, arr = read_photo(file)
-        hits = search(embed(arr), query_size(kk, idx.count))
-        return suggest_from_hits([hits], k=kk, path=name).to_dict()
+                              description="How many listings vote (default: the tuned one)."),
+    ) -> JSONResponse:
+        idx = _Locked(need_index())
+        name, data = read_upload(file)
+        r = one(suggest_price(ready().model, idx, [data], k=k, names=[name]), name)
+        return JSONResponse(r.to_dict())
 
     return app
 

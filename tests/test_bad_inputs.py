@@ -244,7 +244,6 @@ def test_similar_corpus(corpus, bundle_dir, built_index):
 
 
 def test_price_corpus(corpus, bundle_dir, built_index):
-    pytest.importorskip("mkt.cli_market")
     if "price" not in {c.name for c in app.registered_commands}:
         pytest.skip("mkt price is not registered")
     res = run("price", *[c.path for c in corpus], "-k", "5", "--json", "--index", built_index,
@@ -273,7 +272,6 @@ FOLDER_SOURCE_REASONS = {"directory": r"no photos found"}
 
 
 def test_dupes_corpus(corpus, bundle_dir, tmp_path):
-    pytest.importorskip("mkt.cli_market")
     if "dupes" not in {c.name for c in app.registered_commands}:
         pytest.skip("mkt dupes is not registered")
     copy = tmp_path / "copy-of-good-0.jpg"  # a byte-identical copy must be grouped

@@ -103,3 +103,17 @@ def test_bench_bad_photos_dir(bundle_dir, tmp_path):
                                    str(tmp_path), "--json"])
     assert res.exit_code == 2
     assert "no photos" in res.output
+
+
+def test_bench_needs_no_checkout():
+    """The packaged examples, or photos given: never tests/fixtures or PYTHONPATH tricks."""
+    from pathlib import Path
+
+    import mkt.runtime.bench as B
+
+    src = Path(B.__file__).read_text()
+    assert "tests" not in src.replace("tests/", "") or "fixtures" not in src
+    assert "PYTHONPATH" not in src and "fixtures" not in src
+    assert B.default_photo_dirs() == [Path(B.__file__).resolve().parent.parent / "assets" /
+                                      "examples"]
+    assert not hasattr(B, "bench_decode") and not hasattr(B, "bench_model_only")

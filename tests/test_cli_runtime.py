@@ -60,7 +60,7 @@ def test_classify_json(bundle_dir, fixture_photos):
     labels = labels_of(bundle_dir)
     assert [r["path"] for r in rows] == [str(p) for p in photos]
     for r in rows:
-        assert set(r) == {"path", "category", "score", "top"}
+        assert set(r) - {"uncertain"} == {"path", "category", "score", "top"}  # + calibration
         assert len(r["top"]) == 4
         assert all(set(t) == {"category", "score"} for t in r["top"])
         assert r["category"] == r["top"][0]["category"] and r["category"] in labels
@@ -228,3 +228,137 @@ def test_subprocess_errors_are_one_line(bundle_dir, tmp_path):
         assert "Traceback" not in p.stderr + p.stdout
         if code == 1 or args[0] != "no-such-command":
             assert p.stderr.startswith("mkt: error:"), p.stderr
+
+
+# -- the command line itself: usage errors, help, missing extras ------------------------------
+
+def _all_command_paths() -> list[list[str]]:
+    import typer
+
+    def walk(cmd, path):
+        out = [path]
+        for name, sub in sorted(getattr(cmd, "commands", {}).items()):
+            out += walk(sub, [*path, name])
+        return out
+
+    return walk(typer.main.get_command(app), [])
+
+
+def test_every_command_is_listed():
+    names = {p[0] for p in _all_command_paths() if p}
+    assert {"classify", "similar", "price", "dupes", "index", "info", "bench", "serve", "data",
+            "train", "evaluate", "export"} <= names
+
+
+@pytest.mark.parametrize("path", _all_command_paths(), ids=lambda p: " ".join(p) or "mkt")
+def test_help_has_no_type_labels(path):
+    import re
+
+    res = run(*path, "--help")
+    assert res.exit_code == 0 and "Usage: mkt" in res.output
+    assert not re.search(r"<[a-zA-Z][^<>\n]*>", res.output), res.output  # <bool>, <list[Path]>
+    assert "╭" not in res.output and "{" not in res.output.splitlines()[0]
+
+
+@pytest.mark.parametrize("args", [
+    ["classify", "-k", "0", "x.jpg"], ["classify"], ["no-such-command"],
+    ["index", "build", "somewhere"], ["similar", "x.jpg", "--nope"], ["price", "-k", "abc"],
+])
+def test_usage_error_is_one_line_exit_2(args):
+    res = run(*args)
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mkt: error:"), res.stderr
+    assert res.stdout == "" and "╭" not in res.stderr and "Usage:" not in res.stderr
+
+
+def test_usage_error_one_line_from_the_entry_point():
+    p = subprocess.run([sys.executable, "-m", "mkt.cli", "classify", "-k", "0", "x.jpg"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.count("\n") == 1 and p.stderr.startswith("mkt: error:") and "-k" in p.stderr
+
+
+@pytest.fixture()
+def no_extras(tmp_path):
+    """A PYTHONPATH shim on which fastapi, uvicorn and torch cannot be imported."""
+    shim = tmp_path / "shim"
+    for name in ("fastapi", "uvicorn", "torch"):
+        (shim / name).mkdir(parents=True)
+        (shim / name / "__init__.py").write_text(
+            f"raise ImportError(\"No module named '{name}'\", name={name!r})\n")
+    import os
+
+    env = dict(os.environ, PYTHONPATH=str(shim))
+    env.pop("MKT_DEBUG", None)
+    return env
+
+
+@pytest.mark.parametrize("args,extra", [
+    (["serve", "--port", "0"], "serve"),
+    (["train", "--data", "d", "--out", "o"], "train"),
+    (["train", "baselines", "--data", "d"], "train"),
+    (["data", "clean", "--src", "s", "--out", "o"], "train"),
+    (["evaluate", "ckpt.pt"], "train"),
+    (["export", "CKPT", "--out", "o"], "train"),
+])
+def test_missing_extra_says_which(no_extras, tmp_path, args, extra):
+    args = [str(tmp_path / "x.pt") if a == "CKPT" else a for a in args]
+    (tmp_path / "x.pt").write_bytes(b"")
+    p = subprocess.run([sys.executable, "-m", "mkt.cli", *args], capture_output=True,
+                       text=True, timeout=120, env=no_extras, cwd=tmp_path)
+    assert p.returncode == 2, (args, p.stdout, p.stderr)
+    assert p.stderr.count("\n") == 1 and p.stderr.startswith("mkt: error:"), p.stderr
+    assert f"pip install 'mkt[{extra}]'" in p.stderr and "Traceback" not in p.stderr
+    # and the command is still listed
+    p = subprocess.run([sys.executable, "-m", "mkt.cli", "--help"], capture_output=True,
+                       text=True, timeout=120, env=no_extras, cwd=tmp_path)
+    assert p.returncode == 0 and f"\n  {args[0]} " in p.stdout
+
+
+# -- the runtime library behind the commands --------------------------------------------------
+
+def test_iter_batches_keeps_order_and_errors(bundle_dir, fixture_photos, tmp_path):
+    from mkt.runtime.batch import PhotoError, classify_photos, iter_batches
+    from mkt.runtime.errors import BadImageError
+    from mkt.runtime.model import Model
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    srcs = [fixture_photos[0], bad, fixture_photos[1].read_bytes(), tmp_path / "missing.jpg",
+            fixture_photos[2]]
+    m = Model(bundle_dir, threads=1)
+    batches = list(iter_batches(srcs, m, 2))
+    assert [len(b.items) for b in batches] == [2, 2, 1]
+    items = [it for b in batches for it in b.items]
+    assert [it.index for it in items] == list(range(5))
+    assert [it.ok for it in items] == [True, False, True, False, True]
+    assert isinstance(items[1].error, BadImageError) and str(bad) in str(items[1].error)
+    assert items[2].name == "<bytes:2>" and items[0].array.shape == (m.input_size,) * 2 + (3,)
+    out = list(classify_photos(m, srcs, k=2, batch_size=2))
+    assert [isinstance(r, PhotoError) for r in out] == [False, True, False, True, False]
+    assert [r.path for r in out] == [str(srcs[0]), str(bad), "<bytes:2>",
+                                     str(tmp_path / "missing.jpg"), str(srcs[4])]
+    assert out[1].to_dict() == {"path": str(bad), "error": str(items[1].error)}
+
+
+def test_indexing_functions(bundle_dir, fixture_photos, tmp_path):
+    from mkt.runtime.indexing import add_to_index, build_index
+    from mkt.runtime.model import Model
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in fixture_photos[:3]:
+        shutil.copyfile(p, src / p.name)
+    (src / "broken.jpg").write_bytes(b"x")
+    m = Model(bundle_dir, threads=1)
+    seen, steps = [], []
+    rep = build_index(m, src, tmp_path / "idx", M=8, ef_construction=40, on_error=seen.append,
+                      progress=lambda d, t: steps.append((d, t)))
+    assert rep.index.count == rep.added == 3 and [e.path for e in rep.errors] == \
+        [str(src / "broken.jpg")] and seen == rep.errors
+    assert steps[-1] == (4, 4)
+    assert rep.index.info()["provenance"]["source"] == str(src)
+    rep2 = add_to_index(m, rep.index, [tmp_path / "nope", fixture_photos[3]])
+    assert rep2.added == 1 and rep2.index.count == 4 and len(rep2.errors) == 1
+    assert "nope" in rep2.errors[0].error

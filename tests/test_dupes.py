@@ -169,10 +169,35 @@ def test_cli_dupes_against_index(dupes_folder, bundle_dir, dataset_dir, tmp_path
 
 
 def test_cli_dupes_help_and_empty(bundle_dir, tmp_path):
-    from mkt import cli_market
+    from mkt.cli import market
 
     assert run("dupes", "--help").exit_code == 0
-    assert f"default {D.DEFAULT_THRESHOLD:g}," in cli_market._T_HELP
+    assert f"default {D.DEFAULT_THRESHOLD:g}," in market.T_HELP
     (tmp_path / "empty").mkdir()
     res = run("dupes", tmp_path / "empty", "--bundle", bundle_dir)
     assert res.exit_code == 2 and "no photos" in res.output
+
+
+def test_find_dupes_runtime_flow(dupes_folder, bundle_dir, tmp_path):
+    """`mkt dupes` as a library call: result objects with the JSON shape the CLI prints."""
+    from mkt.runtime.model import Model
+
+    d, photos = dupes_folder
+    rep = D.find_dupes(Model(bundle_dir, threads=1), [d, tmp_path / "missing"])
+    assert [e.path for e in rep.errors] == [str(tmp_path / "missing")]
+    assert rep.checked == rep.total == 6 and len(rep.groups) == 2
+    got = sorted(sorted(p.id for p in g.photos) for g in rep.groups)
+    assert got == sorted([sorted([photos[0].stem, "exact_copy"]),
+                          sorted([photos[1].stem, "reencoded"])])
+    g = rep.groups[0].to_dict()
+    assert set(g) == {"group", "size", "photos", "pairs"} and g["group"] == 1
+    assert all(p.file is not None for g in rep.groups for p in g.photos)
+    assert "cosine >= 0.8" in rep.summary()
+
+
+def test_rule_from_options():
+    r = D.DupeRule.from_options()
+    assert r == D.DupeRule() and r.describe() == "cosine >= 0.8 and dHash <= 8, or cosine >= 0.97"
+    assert D.DupeRule.from_options(0.99).sure_threshold is None  # override only above it
+    assert D.DupeRule.from_options(use_hash=False).describe() == "cosine >= 0.8"
+    assert not hasattr(D, "ahash")

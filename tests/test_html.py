@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import tempfile
 
+import markupsafe
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -83,7 +84,7 @@ def test_similar_page_escapes_and_inlines(dataset_dir, fixture_photos):
     assert text.startswith("<!DOCTYPE html>")
     assert len(_uris(text)) == 2  # the query and the one local result
     assert "<script" not in text.lower()
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &quot;quotes&quot;" in text
+    assert str(markupsafe.escape(EVIL)) in text  # the title, shown as text
     assert "<img src=x" not in text
     assert "Plain title" in text and "£12.50" in text and "0.910" in text
     assert "photo not available locally" in text
@@ -133,6 +134,40 @@ def test_cli_similar_html_without_local_photos(built_index, bundle_dir, fixture_
     assert res.exit_code == 0, res.output
     text = out.read_text()
     assert len(_uris(text)) == 1 and text.count("photo not available locally") == 2
+    assert "mkt: warning:" in res.stderr and "2 of 2 result photos not found" in res.stderr
+    assert "--photos-root" in res.stderr
+
+
+def test_cli_similar_html_photos_root(built_index, bundle_dir, dataset_dir, fixture_photos,
+                                      tmp_path, monkeypatch):
+    """--photos-root finds the photos when the index's recorded source does not."""
+    monkeypatch.delenv("MKT_PHOTOS_ROOT", raising=False)
+    idx = tmp_path / "moved"
+    import json
+    import shutil as sh
+
+    sh.copytree(built_index, idx)
+    info = json.loads((idx / "index.json").read_text())
+    info["provenance"]["source"] = "/nowhere"  # the build folder is gone
+    (idx / "index.json").write_text(json.dumps(info))
+    from mkt.runtime.html import PhotoResolver
+
+    assert PhotoResolver.default(idx).resolve(f"images/{fixture_photos[0].name}") is None
+    assert PhotoResolver.default(idx, [dataset_dir]).resolve(
+        f"images/{fixture_photos[0].name}") is not None
+
+
+def test_runtime_pages_need_no_checkout():
+    """No thumbnails from a hard-coded data folder; templates ship as package data."""
+    from pathlib import Path
+
+    import mkt.runtime.html as H
+
+    src = Path(H.__file__).read_text()
+    assert "shared" not in src and "parent.parent.parent" not in src
+    tpl = Path(H.__file__).parent / "templates"
+    assert {"base.html.j2", "similar.html.j2", "dupes.html.j2"} <= {p.name for p in
+                                                                      tpl.iterdir()}
 
 
 def test_cli_html_unwritable_is_one_error_line(built_index, bundle_dir, fixture_photos,

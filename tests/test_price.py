@@ -110,7 +110,7 @@ def test_median_excludes_free_and_absurd_and_dedupes_listings(tiny_index):
     s = P.suggest_from_hits([hits], k=3, tau=math.inf, statistic="median", path="q.jpg")
     # voters: A (once), B, C -> median 20. Counting A twice gives 1000; letting £0 or the
     # absurd ask vote shifts it too.
-    assert [n["id"] for n in s.neighbours] == ["a1", "b", "c"]
+    assert [n.id for n in s.neighbours] == ["a1", "b", "c"]
     assert s.price == 20.0
     assert s.low < s.price < s.high
     assert 10.0 <= s.low and s.high <= 1000.0
@@ -133,7 +133,7 @@ def test_listing_mode_merges_photos(tiny_index):
     h1 = tiny_index.search(_unit(0.0), 8)[0]
     h2 = tiny_index.search(_unit(1.2), 8)[0]
     s = P.suggest_from_hits([h1, h2], k=8, tau=math.inf, path="p1", paths=["p1", "p2"])
-    ids = [n["id"] for n in s.neighbours]
+    ids = [n.id for n in s.neighbours]
     assert len(ids) == len(set(ids)) and "far" in ids and ids.count("a1") + ids.count("a2") == 1
     assert s.to_dict()["paths"] == ["p1", "p2"]
 
@@ -223,12 +223,32 @@ def test_cli_price_listing_and_exclude_self(built_index, bundle_dir, dataset_dir
 def test_cli_price_human_and_help(built_index, bundle_dir, fixture_photos):
     res = run("price", fixture_photos[0], "--index", built_index, "--bundle", bundle_dir)
     assert res.exit_code == 0 and "£" in res.stdout and "range" in res.stdout
-    from mkt import cli_market
+    from mkt.cli import market
 
     assert run("price", "--help").exit_code == 0
-    assert f"default {P.DEFAULT_K}," in cli_market._K_HELP
+    assert f"default {P.DEFAULT_K}," in market.K_HELP
 
 
 def test_cli_price_missing_index_is_fatal(bundle_dir, fixture_photos, tmp_path):
     res = run("price", fixture_photos[0], "--index", tmp_path / "nope", "--bundle", bundle_dir)
     assert res.exit_code == 2 and "mkt: error:" in res.output
+
+
+def test_suggest_price_runtime_flow(built_index, bundle_dir, dataset_dir, tmp_path):
+    """The whole flow as a library call: what `mkt price` prints, in input order."""
+    from mkt.runtime.batch import PhotoError
+    from mkt.runtime.model import Model
+
+    m = Model(bundle_dir, threads=1)
+    idx = Index.open(built_index, model_id=m.model_id)
+    photo = sorted((dataset_dir / "images").glob("*.jpg"))[0]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    own, err, again = P.suggest_price(m, idx, [photo, bad, photo], k=5)
+    assert isinstance(err, PhotoError) and err.path == str(bad)
+    assert own.neighbours[0].id == photo.stem and own.to_dict() == again.to_dict()
+    (other,) = P.suggest_price(m, idx, [photo], k=5, exclude_self=True)
+    assert photo.stem not in {n.id for n in other.neighbours}
+    assert own.neighbours[0].product_id not in {n.product_id for n in other.neighbours}
+    err, one = P.suggest_price(m, idx, [photo, bad, photo], k=5, listing=True)
+    assert isinstance(err, PhotoError) and one.paths == [str(photo)] * 2

@@ -75,12 +75,6 @@ def dhash(arr: np.ndarray, size: int = HASH_SIZE) -> np.ndarray:
     return np.packbits(bits.ravel())
 
 
-def ahash(arr: np.ndarray, size: int = HASH_SIZE) -> np.ndarray:
-    """Average hash: ``size*size`` bits "this cell is brighter than the mean", packed."""
-    small = _resize_gray(_gray(arr), size, size)
-    return np.packbits((small > small.mean()).ravel())
-
-
 _POP = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 
 
@@ -132,6 +126,31 @@ class DupeRule:
     def search_threshold(self) -> float:
         """Lowest cosine that can still be accepted: what the neighbour search must find."""
         return self.threshold
+
+    @classmethod
+    def from_options(cls, threshold: float | None = None, max_hash_distance: int | None = None,
+                     *, use_hash: bool = True) -> DupeRule:
+        """The default rule with a command line's overrides (None: keep the default).
+        ``use_hash=False``: decide on the embedding alone. The hash-free override
+        (``sure_threshold``) only counts above the threshold."""
+        t = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        sure = DEFAULT_SURE_THRESHOLD
+        return cls(
+            threshold=t,
+            max_hash_distance=None if not use_hash else (
+                DEFAULT_MAX_HASH_DISTANCE if max_hash_distance is None
+                else int(max_hash_distance)),
+            sure_threshold=None if (not use_hash or sure is None or sure <= t) else sure,
+        )
+
+    def describe(self) -> str:
+        """The rule in words, e.g. ``cosine >= 0.8 and dHash <= 8, or cosine >= 0.97``."""
+        s = f"cosine >= {self.threshold:g}"
+        if self.max_hash_distance is not None:
+            s += f" and dHash <= {self.max_hash_distance}"
+            if self._sure is not None:
+                s += f", or cosine >= {self._sure:g}"
+        return s
 
 
 # -- neighbour search ---------------------------------------------------------------------
@@ -285,18 +304,201 @@ def _hash_distance(hashes: Any, a: int, b: int) -> int | None:
     return int(hamming(ha, hb))
 
 
+# -- the whole flow: photo sources in, groups out ---------------------------------------------
+
+
+@dataclass
+class DupePhoto:
+    """A photo in a group: from the checked sources (``source="source"``) or a catalogue
+    index (``"index"``), with its listing's metadata when known. ``file``: the local file
+    (for thumbnails; None when an index photo is not found locally); not part of the JSON."""
+
+    id: str
+    path: str | None = None
+    product_id: str | None = None
+    title: str | None = None
+    price: float | None = None
+    category: str | None = None
+    source: str = "source"
+    file: Any = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"id": self.id}
+        for key in ("path", "product_id", "title", "price", "category"):
+            v = getattr(self, key)
+            if v is not None:
+                d[key] = v
+        d["source"] = self.source
+        return d
+
+
+@dataclass
+class DupeMatch:
+    """Why two photos (by id) are in one group: their cosine and dHash distance."""
+
+    a: str
+    b: str
+    score: float
+    hash_distance: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"a": self.a, "b": self.b, "score": round(float(self.score), 6)}
+        if self.hash_distance is not None:
+            d["hash_distance"] = int(self.hash_distance)
+        return d
+
+
+@dataclass
+class DupesGroupResult:
+    """One group of the same picture: JSON ``{"group", "size", "photos", "pairs"}``."""
+
+    group: int
+    photos: list[DupePhoto]
+    pairs: list[DupeMatch]
+
+    @property
+    def size(self) -> int:
+        return len(self.photos)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"group": self.group, "size": self.size,
+                "photos": [p.to_dict() for p in self.photos],
+                "pairs": [p.to_dict() for p in self.pairs]}
+
+
+@dataclass
+class DupesReport:
+    """Everything :func:`find_dupes` found: the groups, the photos that could not be read
+    (:class:`~mkt.runtime.batch.PhotoError`), how many photos were checked, the rule."""
+
+    groups: list[DupesGroupResult]
+    errors: list[Any]
+    checked: int
+    total: int
+    rule: DupeRule
+
+    def summary(self) -> str:
+        n = len(self.groups)
+        return (f"{self.checked} photos checked, {n} group{'s' if n != 1 else ''} of "
+                f"duplicates ({sum(g.size for g in self.groups)} photos); "
+                f"rule: {self.rule.describe()}")
+
+
+def find_dupes(
+    model: Any,
+    sources: Sequence[Any],
+    *,
+    rule: DupeRule | None = None,
+    index: Any = None,
+    resolver: Any = None,
+    batch_size: int = 32,
+) -> DupesReport:
+    """Groups of the same picture among the photos of ``sources`` (folders, dataset folders,
+    photo files) and, with ``index``, copies of them in that index.
+
+    ``resolver``: finds the local file of an index photo (``.resolve(meta_path)``; default:
+    :meth:`mkt.runtime.html.PhotoResolver.for_index`), whose dHash the rule needs. A source
+    or photo that cannot be read is an error of the report, not an exception;
+    :class:`~mkt.runtime.errors.MktError` only when there is no photo at all.
+    """
+    from .batch import PhotoError, embed_batches
+    from .catalogue import iter_source
+    from .errors import CatalogueError, MktError
+
+    rule = rule or DupeRule()
+    items: list[Any] = []
+    errors: list[Any] = []
+    for s in sources:
+        try:
+            items += iter_source(s)
+        except CatalogueError as e:  # e.g. a missing path: report it, check the others
+            errors.append(PhotoError(str(s), str(e)))
+    if not items:
+        raise MktError(f"{', '.join(map(str, sources))}: no photos found")
+
+    rows: list[DupePhoto] = []
+    parts: list[np.ndarray] = []
+    hashes: list[Any] = []
+    for batch, vecs in embed_batches(model, [it.path for it in items], batch_size):
+        errors += [it.failure() for it in batch.bad]
+        for bi in batch.good:
+            it = items[bi.index]
+            rows.append(DupePhoto(it.id, str(it.path), it.product_id, it.title, it.price,
+                                  it.category, "source", it.path))
+            hashes.append(dhash(np.asarray(bi.array)))
+        parts.append(vecs)
+    n = len(rows)
+    vecs = np.concatenate(parts) if parts else np.zeros((0, model.embedding_dim), np.float32)
+    extra = _index_pairs(model, index, vecs, rows, hashes, rule, resolver) \
+        if index is not None and n and index.count else []
+    groups = find_duplicates(vecs, hashes=None if rule.max_hash_distance is None else hashes[:n],
+                             rule=rule, extra_pairs=extra)
+    out = [
+        DupesGroupResult(g_no, [rows[m] for m in g.members],
+                         [DupeMatch(rows[p.a].id, rows[p.b].id, p.score, p.hash_distance)
+                          for p in g.pairs])
+        for g_no, g in enumerate(groups, 1)
+    ]
+    return DupesReport(out, errors, n, len(items), rule)
+
+
+def _index_pairs(model: Any, index: Any, vecs: np.ndarray, rows: list[DupePhoto],
+                 hashes: list[Any], rule: DupeRule, resolver: Any) -> list[DupePair]:
+    """Candidate pairs between the source photos and ``index`` photos; appends the index
+    photos to ``rows`` / ``hashes`` (positions after the sources')."""
+    from .batch import photo_loader
+    from .errors import MktError
+
+    load = photo_loader(model)
+    if resolver is None:
+        from .html import PhotoResolver
+
+        resolver = PhotoResolver.for_index(index)
+    n = len(rows)
+    own = {r.id for r in rows}
+    pos_of: dict[str, int] = {}
+    extra: list[DupePair] = []
+    for i, hits in enumerate(index.search(vecs, min(index.count, 32))):
+        for h in hits:
+            if h.score < rule.search_threshold or h.id in own:
+                continue
+            if h.id not in pos_of:
+                pos_of[h.id] = len(rows)
+                m = h.meta or {}
+                local = resolver.resolve(m.get("path"))
+                rows.append(DupePhoto(h.id, m.get("path"), m.get("product_id"), m.get("title"),
+                                      m.get("price"), m.get("category"), "index", local))
+                hsh = None
+                if local is not None and rule.max_hash_distance is not None:
+                    try:
+                        hsh = dhash(load(local))
+                    except MktError:
+                        hsh = None
+                hashes.append(hsh)
+            j = pos_of[h.id]
+            hd = None
+            if i < n and hashes[j] is not None and rule.max_hash_distance is not None:
+                hd = int(hamming(hashes[i], hashes[j]))
+            extra.append(DupePair(i, j, float(h.score), hd))
+    return extra
+
+
 __all__ = [
     "BRUTE_FORCE_LIMIT",
     "DEFAULT_MAX_HASH_DISTANCE",
     "DEFAULT_SURE_THRESHOLD",
     "DEFAULT_THRESHOLD",
     "DupeGroup",
+    "DupeMatch",
     "DupePair",
+    "DupePhoto",
     "DupeRule",
+    "DupesGroupResult",
+    "DupesReport",
     "UnionFind",
-    "ahash",
     "candidate_pairs",
     "dhash",
+    "find_dupes",
     "find_duplicates",
     "group_pairs",
     "hamming",

@@ -25,7 +25,7 @@ on the validation split by ``benchmarks/eval_price.py`` (results in
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,6 +141,27 @@ def merge_hits(hit_lists: Iterable[Sequence[Any]], *, exclude_ids: Iterable[str]
 
 
 @dataclass
+class PriceNeighbour:
+    """A listing that voted: its best photo's id, the listing's id and title, its price and
+    that photo's cosine similarity to the query."""
+
+    id: str
+    price: float
+    score: float
+    product_id: str | None = None
+    title: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"id": self.id}
+        for key in ("product_id", "title"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
+        d["price"] = self.price
+        d["score"] = self.score
+        return d
+
+
+@dataclass
 class PriceSuggestion:
     """A suggested price with its range and the listings that voted (best first)."""
 
@@ -148,7 +169,7 @@ class PriceSuggestion:
     price: float | None
     low: float | None
     high: float | None
-    neighbours: list[dict[str, Any]] = field(default_factory=list)
+    neighbours: list[PriceNeighbour] = field(default_factory=list)
     paths: list[str] | None = None  # set when several photos were priced as one listing
 
     def to_dict(self) -> dict[str, Any]:
@@ -158,7 +179,7 @@ class PriceSuggestion:
         d["price"] = self.price
         d["low"] = self.low
         d["high"] = self.high
-        d["neighbours"] = [dict(n) for n in self.neighbours]
+        d["neighbours"] = [n.to_dict() for n in self.neighbours]
         return d
 
 
@@ -197,15 +218,11 @@ def suggest_from_hits(
                                      statistic=statistic))
     # a weighted mean can fall just outside a narrow quantile range: the range holds it
     lo, hi = min(lo, mid), max(hi, mid)
-    neighbours = []
-    for h in voters:
-        n: dict[str, Any] = {"id": h.id}
-        for key in ("product_id", "title"):
-            if h.meta.get(key) is not None:
-                n[key] = h.meta[key]
-        n["price"] = float(h.meta["price"])
-        n["score"] = round(float(h.score), 6)
-        neighbours.append(n)
+    neighbours = [
+        PriceNeighbour(h.id, float(h.meta["price"]), round(float(h.score), 6),
+                       h.meta.get("product_id"), h.meta.get("title"))
+        for h in voters
+    ]
     return PriceSuggestion(path, _money(mid), _money(lo), _money(hi), neighbours, paths)
 
 
@@ -228,17 +245,98 @@ def predict_log_price(
     return float(weighted_quantile(lp, w, 0.5)[0])
 
 
+# -- the whole flow: photos in, suggestions out -----------------------------------------------
+
+#: ``exclude_self``: a hit this similar is the query's own picture (a copy of the file).
+SELF_COSINE = 0.999
+
+
+def self_exclusions(name: str, hits: Sequence[Any], index: Any) -> tuple[set[str], set[str]]:
+    """What ``exclude_self`` leaves out for a query photo: ``(photo ids, listing ids)``.
+
+    The query's own photo is the indexed photo with the same file name stem, or any hit with
+    cosine >= :data:`SELF_COSINE` (the same picture under another name); their listings go
+    too, so a photo already in the catalogue is priced from *other* listings."""
+    from pathlib import Path
+
+    ids: set[str] = set()
+    products: set[str] = set()
+    stem = Path(name).stem
+    ids.add(stem)
+    row = index.get(stem)
+    if row and row.get("product_id"):
+        products.add(str(row["product_id"]))
+    for h in hits:
+        if h.score >= SELF_COSINE:
+            ids.add(h.id)
+            if (h.meta or {}).get("product_id"):
+                products.add(str(h.meta["product_id"]))
+    return ids, products
+
+
+def suggest_price(
+    model: Any,
+    index: Any,
+    photos: Sequence[Any],
+    *,
+    k: int | None = None,
+    listing: bool = False,
+    exclude_self: bool = False,
+    batch_size: int = 32,
+    names: Sequence[str] | None = None,
+) -> Iterator[Any]:
+    """Price photos against ``index``: a :class:`PriceSuggestion` or a
+    :class:`~mkt.runtime.batch.PhotoError` per photo, in input order (``listing``: the errors,
+    then one suggestion for all good photos). ``k``: listings that vote (default
+    :data:`DEFAULT_K`). ``exclude_self``: leave out the query's own photo and listing
+    (:func:`self_exclusions`), for photos that are already in the catalogue."""
+    from .batch import embed_batches
+
+    k = DEFAULT_K if k is None else int(k)
+    nq = query_size(k, index.count)
+    pooled: list[Sequence[Any]] = []
+    pooled_names: list[str] = []
+    ex_ids: set[str] = set()
+    ex_products: set[str] = set()
+    for batch, vecs in embed_batches(model, photos, batch_size, names=names):
+        found = iter(index.search(vecs, nq) if len(vecs) else [])
+        for it in batch.items:
+            if not it.ok:
+                yield it.failure()
+                continue
+            hits = next(found)
+            if exclude_self:
+                ids, products = self_exclusions(it.name, hits, index)
+            else:
+                ids, products = set(), set()
+            if listing:
+                pooled.append(hits)
+                pooled_names.append(it.name)
+                ex_ids |= ids
+                ex_products |= products
+                continue
+            yield suggest_from_hits([hits], k=k, path=it.name, exclude_ids=ids,
+                                    exclude_products=products)
+    if listing and pooled:
+        yield suggest_from_hits(pooled, k=k, path=pooled_names[0], paths=pooled_names,
+                                exclude_ids=ex_ids, exclude_products=ex_products)
+
+
 __all__ = [
     "DEFAULT_K",
     "DEFAULT_STATISTIC",
     "DEFAULT_TAU",
     "MAX_VALID_PRICE",
     "RANGE_QUANTILES",
+    "SELF_COSINE",
+    "PriceNeighbour",
     "PriceSuggestion",
     "merge_hits",
     "predict_log_price",
     "query_size",
+    "self_exclusions",
     "suggest_from_hits",
+    "suggest_price",
     "valid_price",
     "vote_weights",
     "weighted_quantile",

@@ -1,6 +1,7 @@
-"""``mkt export``: checkpoint -> bundle. Registered by mkt.cli as a typer command.
+"""``mkt export``: checkpoint -> bundle (the ``train`` extra).
 
-Only typer and the standard library are imported here; torch/onnx load inside the command.
+Only typer and the standard library are imported here; torch/onnx load inside the command, and
+without the extra the command fails with exit 2 and the line that says what to install.
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ from pathlib import Path
 
 import typer
 
+from .errors import err_line, require_extra
+from .options import command
+
 METHODS = ("minmax", "entropy", "percentile")
+
+
+def register(app: typer.Typer) -> None:
+    command(app, "export")(export_command)
 
 
 def export_command(
@@ -42,6 +50,7 @@ def export_command(
                                     "of stopping at the first that meets the targets."),
 ) -> None:
     """Export a checkpoint to a bundle: fp32 + static int8 ONNX, parity report, manifest."""
+    require_extra("train", "export", "torch", "onnx")
     if calibrate_method not in METHODS:
         raise typer.BadParameter(f"choose from {', '.join(METHODS)}",
                                  param_hint="--calibrate-method")
@@ -72,7 +81,7 @@ def export_command(
             exhaustive=exhaustive, command=command, log=log, tries=chosen_tries,
         )
     except (OSError, ValueError, RuntimeError) as e:
-        typer.echo(f"mkt: error: {' '.join(str(e).split())}", err=True)
+        err_line(e)
         raise typer.Exit(2) from None
     typer.echo(str(out))
     if not manifest["parity"]["meets_targets"]:

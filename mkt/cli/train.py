@@ -1,7 +1,9 @@
 """`mkt data ...`, `mkt train ...` and `mkt evaluate`: the commands that need the train extra.
 
 Only typer is imported at module level, so registering these commands in ``mkt.cli`` costs the
-runtime commands nothing; torch, pandas and scikit-learn load inside the command bodies.
+runtime commands nothing; torch, pandas and scikit-learn load inside the command bodies. They
+are always listed; without the extra each fails with exit 2 and the line that says what to
+install.
 """
 
 from __future__ import annotations
@@ -12,24 +14,24 @@ from pathlib import Path
 
 import typer
 
-data_app = typer.Typer(help="Clean, pad-resize and split the marketplace data (train extra).",
-                       no_args_is_help=True)
-train_app = typer.Typer(help="Fine-tune a backbone (`mkt train --data D --out O`) or run the "
-                             "seed baselines (`mkt train baselines`). Needs the train extra.",
-                        invoke_without_command=True)
+from .errors import fail as _fail
+from .errors import require_extra
+from .options import command, new_app
+
+data_app = new_app(help="Clean, pad-resize and split the marketplace data (train extra).")
+train_app = new_app(help="Fine-tune a backbone (`mkt train --data D --out O`) or run the "
+                         "seed baselines (`mkt train baselines`). Needs the train extra.",
+                    invoke_without_command=True, no_args_is_help=False)
 
 
-def _fail(msg: str, code: int = 2) -> None:
-    typer.echo(f"mkt: error: {msg}", err=True)
-    raise typer.Exit(code)
+def register(app: typer.Typer) -> None:
+    app.add_typer(data_app, name="data")
+    app.add_typer(train_app, name="train")
+    command(app, "evaluate")(evaluate_command)
 
 
-def _need_train_extra() -> None:
-    try:
-        import pandas  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError as exc:
-        _fail(f"{exc.name} is missing: install the training extra with pip install 'mkt[train]'")
+def _need_train_extra(what: str = "train") -> None:
+    require_extra("train", what, "torch", "pandas")
 
 
 def _command_line(prefix: str) -> str:
@@ -41,14 +43,14 @@ def _command_line(prefix: str) -> str:
     return " ".join([prefix, *args])
 
 
-@data_app.command("clean")
+@command(data_app, "clean")
 def data_clean(
     src: Path = typer.Option(..., help="Folder with Products.csv, Images.csv and images/."),
     out: Path = typer.Option(..., help="Output folder for the cleaned data."),
     check_photos: bool = typer.Option(True, help="Decode-check every photo (slower)."),
 ) -> None:
     """Clean listings into a typed table; report every dropped row by reason."""
-    _need_train_extra()
+    _need_train_extra("data clean")
     from mkt.training.clean import clean
 
     for name in ("Products.csv", "Images.csv"):
@@ -60,7 +62,7 @@ def data_clean(
     typer.echo(f"wrote {out}/listings.parquet, photos.parquet, labels.json, clean_report.json")
 
 
-@data_app.command("photos")
+@command(data_app, "photos")
 def data_photos(
     src: Path = typer.Option(..., help="Folder of photos."),
     out: Path = typer.Option(..., help="Folder for the letterboxed copies."),
@@ -68,7 +70,7 @@ def data_photos(
     workers: int | None = typer.Option(None, help="Processes (default: all cores)."),
 ) -> None:
     """Letterbox photos to squares (idempotent, parallel; bad files reported and skipped)."""
-    _need_train_extra()
+    _need_train_extra("data photos")
     from mkt.training.photos import prepare_photos
 
     if not src.is_dir():
@@ -81,7 +83,7 @@ def data_photos(
         raise typer.Exit(1)
 
 
-@data_app.command("split")
+@command(data_app, "split")
 def data_split(
     data: Path = typer.Option(..., help="Cleaned data folder (from `mkt data clean`)."),
     seed: int = typer.Option(0),
@@ -89,7 +91,7 @@ def data_split(
     test: float = typer.Option(0.15),
 ) -> None:
     """Split by listing, stratified by category, reused photos kept on one side."""
-    _need_train_extra()
+    _need_train_extra("data split")
     from mkt.training.split import write_split
 
     if not (data / "listings.parquet").is_file():
@@ -126,9 +128,9 @@ def train_main(
     """Fine-tune a backbone into the classifier + embedding model."""
     if ctx.invoked_subcommand is not None:
         return
+    _need_train_extra("train")
     if data is None or out is None:
         _fail("mkt train needs --data and --out (see `mkt train --help`)")
-    _need_train_extra()
     from mkt.training.models import REGISTRY
     from mkt.training.train import TrainConfig, train
 
@@ -155,7 +157,7 @@ def train_main(
     typer.echo(f"checkpoints in {out} (best.pt)")
 
 
-@train_app.command("baselines")
+@command(train_app, "baselines")
 def train_baselines(
     data: Path = typer.Option(..., help="Cleaned + split data folder."),
     out: Path = typer.Option(Path("runs/baselines"), help="Where report.json/report.md go."),
@@ -163,7 +165,7 @@ def train_baselines(
     limit: int | None = typer.Option(None, help="Use about N photos (smoke runs)."),
 ) -> None:
     """Reproduce the seed projects' baselines on the listing-level split."""
-    _need_train_extra()
+    _need_train_extra("train baselines")
     from mkt.training.baselines import run_baselines
 
     if not (data / "split.csv").is_file():
@@ -180,7 +182,7 @@ def evaluate_command(
     baseline: bool = typer.Option(True, help="Also evaluate frozen ImageNet features."),
 ) -> None:
     """Evaluate a checkpoint on the test split, beside the frozen-ImageNet baseline."""
-    _need_train_extra()
+    _need_train_extra("evaluate")
     from mkt.training.evaluate import evaluate
 
     if not checkpoint.is_file():
@@ -191,5 +193,5 @@ def evaluate_command(
     typer.echo(md.read_text() if md.exists() else json.dumps(report, indent=2))
 
 
-if __name__ == "__main__":  # `python -m mkt.cli_train ...` == `mkt train ...`
+if __name__ == "__main__":  # `python -m mkt.cli.train ...` == `mkt train ...`
     train_app()

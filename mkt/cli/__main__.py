@@ -1,0 +1,5 @@
+"""``python -m mkt.cli ...`` == ``mkt ...``."""
+
+from . import main
+
+main()

@@ -1,0 +1,115 @@
+"""``mkt index build|add|remove|info``: build and maintain similarity indexes. The work is
+:mod:`mkt.runtime.indexing`; this module only reports."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .errors import err_line
+from .options import BatchOpt, BundleOpt, JsonOpt, ThreadsOpt, command, load_model, new_app
+from .output import ProgressBar, console, emit_json, show_kv
+
+index_app = new_app(help="Build and maintain similarity indexes (hnswlib + sqlite).")
+
+IndexArg = Annotated[Path, typer.Argument(help="Index directory.", metavar="INDEX")]
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(index_app, name="index")
+
+
+@command(index_app, "build")
+def index_build_command(
+    source: Annotated[
+        Path,
+        typer.Argument(metavar="SOURCE", help="Dataset folder (Products.csv, Images.csv, "
+                       "images/) or a folder of photos."),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR",
+                                      help="Index directory to write.")],
+    bundle: BundleOpt = None,
+    batch: BatchOpt = 32,
+    m: Annotated[int, typer.Option("--M", min=2, metavar="N", help="hnsw graph degree.")] = 16,
+    ef_construction: Annotated[
+        int, typer.Option("--ef-construction", min=1, metavar="N", help="hnsw build breadth.")
+    ] = 200,
+    ef: Annotated[int, typer.Option("--ef", min=1, metavar="N",
+                                    help="hnsw default search breadth.")] = 64,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing index.")] = False,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Embed every photo of SOURCE and write a new index (bad photos reported and skipped)."""
+    from ..runtime.errors import MktError
+    from ..runtime.index import INDEX_JSON
+    from ..runtime.indexing import build_index
+
+    if (out / INDEX_JSON).exists() and not force:  # before loading the model
+        raise MktError(f"{out}: an index already exists (use --force, or `mkt index add`)")
+    model = load_model(bundle, threads)
+    with ProgressBar("embedding") as bar:
+        rep = build_index(model, source, out, M=m, ef_construction=ef_construction, ef=ef,
+                          overwrite=force, batch_size=batch,
+                          command=" ".join(["mkt", *sys.argv[1:]]),
+                          on_error=lambda e: err_line(e.error), progress=bar.update)
+    idx = rep.index
+    sys.stderr.write(f"mkt: indexed {idx.count} photos into {out} (model {idx.model_id}, "
+                     f"generation {idx.generation}); {len(rep.errors)} skipped\n")
+    if rep.errors:
+        raise typer.Exit(1)
+
+
+@command(index_app, "add")
+def index_add_command(
+    index: IndexArg,
+    sources: Annotated[list[Path], typer.Argument(
+        metavar="SOURCE...", help="Photos, folders of photos, or dataset folders.")],
+    bundle: BundleOpt = None,
+    batch: BatchOpt = 32,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Add photos (id = file stem; an existing id is replaced) to an index."""
+    from ..runtime.indexing import add_to_index
+    from .options import open_index
+
+    model = load_model(bundle, threads)
+    idx = open_index(index, model)
+    with ProgressBar("embedding") as bar:
+        rep = add_to_index(model, idx, sources, batch_size=batch,
+                           on_error=lambda e: err_line(e.error), progress=bar.update)
+    sys.stderr.write(f"mkt: added {rep.added} photos; index now has {idx.count}\n")
+    if rep.errors:
+        raise typer.Exit(1)
+
+
+@command(index_app, "remove")
+def index_remove_command(
+    index: IndexArg,
+    ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Photo ids to remove.")],
+) -> None:
+    """Remove photos from an index by id."""
+    from .options import open_index
+
+    idx = open_index(index)
+    before = idx.count
+    missing = idx.remove(ids)
+    for i in missing:
+        err_line(f"{index}: no photo with id '{i}'")
+    sys.stderr.write(f"mkt: removed {before - idx.count} photos; index now has {idx.count}\n")
+    if missing:
+        raise typer.Exit(1)
+
+
+@command(index_app, "info")
+def index_info_command(index: IndexArg, as_json: JsonOpt = False) -> None:
+    """Show an index's model, size and parameters."""
+    from .options import open_index
+
+    info = open_index(index).info()
+    if as_json:
+        emit_json(info)
+    else:
+        show_kv("index", info, console())

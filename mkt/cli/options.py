@@ -1,0 +1,147 @@
+"""Options shared by the ``mkt`` commands, the command/group classes (plain help without
+``<type>`` labels) and the model/index loading every runtime command does."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+from .errors import guarded_invoke, run_main
+
+PhotoArgs = Annotated[
+    list[Path], typer.Argument(help="Photo files (JPEG, PNG, WebP, ...).", metavar="PHOTO...")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per line on stdout.")]
+BundleOpt = Annotated[
+    Path | None,
+    typer.Option("--bundle", metavar="DIR", help="Model bundle dir (default: the packaged one)."),
+]
+IndexOpt = Annotated[
+    Path | None,
+    typer.Option("--index", metavar="DIR",
+                 help="Index dir (default: the packaged catalogue index)."),
+]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option("--threads", min=1, metavar="N", help="onnxruntime threads (default: <= 4)."),
+]
+BatchOpt = Annotated[
+    int, typer.Option("--batch", min=1, metavar="N", help="Photos per inference.")
+]
+PhotosRootOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--photos-root", metavar="DIR",
+                 help="Folder the index was built from, to draw its photos in the page "
+                 "(repeatable; default: the source the index recorded, $MKT_PHOTOS_ROOT)."),
+]
+
+_TYPE_LABEL = re.compile(r"<([^<>]*)>")
+
+
+def _plain_label(m: re.Match[str]) -> str:
+    """typer's ``<int range>`` / ``<list[Path]>`` / ``<path>`` -> click's ``INTEGER`` / ``PATH``."""
+    label = m.group(1).replace(" range", "")
+    inner = re.fullmatch(r"list\[(.*)\]", label)
+    label = (inner.group(1) if inner else label).lower()
+    return {"int": "INTEGER", "str": "TEXT", "bool": "BOOLEAN"}.get(label, label.upper())
+
+
+def _format_params(cmd: Any, ctx: Any, formatter: Any) -> None:
+    """Arguments and options as click writes them: ``PHOTO...``, ``--bundle DIR``."""
+    args, opts = [], []
+    for p in cmd.get_params(ctx):
+        rv = p.get_help_record(ctx)
+        if rv is None:
+            continue
+        if p.param_type_name == "argument":
+            args.append((p.metavar or (p.name or "").upper(), rv[1]))
+        else:
+            opts.append((_TYPE_LABEL.sub(_plain_label, rv[0]), rv[1]))
+    for title, rows in (("Arguments", args), ("Options", opts)):
+        if rows:
+            with formatter.section(title):
+                formatter.write_dl(rows)
+
+
+class MktCommand(TyperCommand):
+    """A command with click's plain help: ``PHOTO...`` / ``--bundle DIR``, no ``<type>``."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for p in self.get_params(ctx):
+            if p.param_type_name == "argument":
+                name = p.metavar or (p.name or "").upper()
+                if p.nargs != 1 and not name.endswith("..."):
+                    name += "..."
+                pieces.append(name if p.required else f"[{name}]")
+        return pieces
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        _format_params(self, ctx, formatter)
+
+
+class MktGroup(TyperGroup):
+    """A command group run under the one error guard (:mod:`mkt.cli.errors`): usage errors
+    are one ``mkt: error:`` line and exit 2; plain help like :class:`MktCommand`."""
+
+    def invoke(self, ctx: Any) -> Any:
+        return guarded_invoke(super().invoke, ctx)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        if not kwargs.pop("standalone_mode", True):
+            return super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[misc]
+        run_main(super().main, *args, **kwargs)
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        _format_params(self, ctx, formatter)
+        self.format_commands(ctx, formatter)
+
+
+def new_app(**kwargs: Any) -> typer.Typer:
+    """A typer app (or sub-app) with mkt's settings: plain help, the error guard."""
+    kwargs.setdefault("no_args_is_help", True)
+    return typer.Typer(cls=MktGroup, rich_markup_mode=None, pretty_exceptions_enable=False,
+                       add_completion=False,
+                       context_settings={"help_option_names": ["-h", "--help"]}, **kwargs)
+
+
+def command(app: typer.Typer, name: str, **kwargs: Any) -> Any:
+    """``@command(app, "name")``: register a command with :class:`MktCommand`."""
+    return app.command(name, cls=MktCommand, **kwargs)
+
+
+def load_model(bundle: Path | None, threads: int | None = None) -> Any:
+    from ..runtime.model import Model
+
+    return Model(bundle, threads=threads)
+
+
+def open_index(index: Path | None, model: Any = None, ef: int | None = None) -> Any:
+    """Open ``index`` (default: the packaged one), refusing one of another model."""
+    from ..runtime.index import Index
+
+    idx = Index.open(index, model_id=None if model is None else model.model_id)
+    if ef:
+        idx.set_ef(ef)
+    return idx
+
+
+__all__ = [
+    "BatchOpt",
+    "BundleOpt",
+    "IndexOpt",
+    "JsonOpt",
+    "MktCommand",
+    "MktGroup",
+    "PhotoArgs",
+    "PhotosRootOpt",
+    "ThreadsOpt",
+    "command",
+    "load_model",
+    "new_app",
+    "open_index",
+]
