@@ -296,13 +296,16 @@ def create_app(
             raise HTTPException(400, f"{name}: empty upload")
         return name, data
 
-    def one(results: Any, name: str) -> Any:
-        """The single answer for an upload; a photo that cannot be read is a 400 (413 when
-        it is too large), with the one-line reason."""
-        (r,) = list(results)
+    def answer(flow: Any, file: UploadFile, *, indexed: bool = False, **kw: Any) -> JSONResponse:
+        """Run a runtime flow (``classify_photos``, ``similar_photos``, ``suggest_price``) on
+        the one uploaded photo: its result's JSON, or 400 (413 when too large) with the
+        one-line reason. ``indexed``: the flow searches the index (503 without one)."""
+        args = (_Locked(need_index()),) if indexed else ()
+        name, data = read_upload(file)
+        (r,) = list(flow(ready().model, *args, [data], names=[name], **kw))
         if isinstance(r, PhotoError):
             raise HTTPException(413 if isinstance(r.exc, ImageTooLargeError) else 400, r.error)
-        return r
+        return JSONResponse(r.to_dict())
 
     def need_index() -> Any:
         s = ready()
@@ -349,9 +352,7 @@ def create_app(
         file: UploadFile = File(..., description="The photo (JPEG, PNG, WebP, ...)."),
         k: int = Query(3, ge=1, le=50, description="How many categories."),
     ) -> JSONResponse:
-        name, data = read_upload(file)
-        pred = one(classify_photos(ready().model, [data], k=k, names=[name]), name)
-        return JSONResponse(pred.to_dict())
+        return answer(classify_photos, file, k=k)
 
     @app.post("/similar", response_model=None,
               responses={**_answer(SimilarResult, "Most similar photos, best first."),
@@ -361,10 +362,7 @@ def create_app(
         file: UploadFile = File(..., description="The photo (JPEG, PNG, WebP, ...)."),
         k: int = Query(10, ge=1, le=100, description="How many results."),
     ) -> JSONResponse:
-        idx = _Locked(need_index())
-        name, data = read_upload(file)
-        r = one(similar_photos(ready().model, idx, [data], k=k, names=[name]), name)
-        return JSONResponse(r.to_dict())
+        return answer(similar_photos, file, indexed=True, k=k)
 
     @app.post("/price", response_model=None,
               responses={**_answer(PriceSuggestion, "Suggested price and range."),
@@ -375,10 +373,7 @@ def create_app(
         k: int | None = Query(None, ge=1, le=200,
                               description="How many listings vote (default: the tuned one)."),
     ) -> JSONResponse:
-        idx = _Locked(need_index())
-        name, data = read_upload(file)
-        r = one(suggest_price(ready().model, idx, [data], k=k, names=[name]), name)
-        return JSONResponse(r.to_dict())
+        return answer(suggest_price, file, indexed=True, k=k)
 
     return app
 
