@@ -20,30 +20,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from mkt.cli import app
 from mkt.runtime.errors import BadImageError, ImageTooLargeError
 from mkt.runtime.images import load_image, load_letterboxed
+from tests._cli import build_index, jlines, run
 from tests.badinputs import CASE_NAMES, Case, make_corpus
 
-runner = CliRunner()
 N_GOOD = 3
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def run(*args):
-    res = runner.invoke(app, [str(a) for a in args])
-    both = res.stdout + res.stderr
-    assert "Traceback" not in both, both
-    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    return res
-
-
-def jlines(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -93,11 +79,8 @@ def by_name(corpus) -> dict[str, Case]:
 
 @pytest.fixture(scope="module")
 def built_index(tmp_path_factory, bundle_dir, dataset_dir) -> Path:
-    out = tmp_path_factory.mktemp("badidx") / "index"
-    res = run("index", "build", dataset_dir, "--out", out, "--bundle", bundle_dir,
-              "--M", "8", "--ef-construction", "40")
-    assert res.exit_code == 0, res.output
-    return out
+    return build_index(tmp_path_factory, bundle_dir, dataset_dir, "--M", "8",
+                       "--ef-construction", "40")
 
 
 def test_corpus_is_generated_complete(corpus):
@@ -244,8 +227,6 @@ def test_similar_corpus(corpus, bundle_dir, built_index):
 
 
 def test_price_corpus(corpus, bundle_dir, built_index):
-    if "price" not in {c.name for c in app.registered_commands}:
-        pytest.skip("mkt price is not registered")
     res = run("price", *[c.path for c in corpus], "-k", "5", "--json", "--index", built_index,
               "--bundle", bundle_dir)
     assert res.exit_code == 1
@@ -272,8 +253,6 @@ FOLDER_SOURCE_REASONS = {"directory": r"no photos found"}
 
 
 def test_dupes_corpus(corpus, bundle_dir, tmp_path):
-    if "dupes" not in {c.name for c in app.registered_commands}:
-        pytest.skip("mkt dupes is not registered")
     copy = tmp_path / "copy-of-good-0.jpg"  # a byte-identical copy must be grouped
     shutil.copyfile(corpus[0].path, copy)
     paths = [c.path for c in corpus if c.name != "directory"] + [copy]

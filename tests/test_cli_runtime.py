@@ -10,22 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from mkt.cli import app
-
-runner = CliRunner()
-
-
-def run(*args: str):
-    res = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in res.output
-    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
-    return res
-
-
-def jlines(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+from tests._cli import build_index, jlines, run
 
 
 def labels_of(bundle: Path) -> list[str]:
@@ -34,11 +20,8 @@ def labels_of(bundle: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def built_index(tmp_path_factory, bundle_dir, dataset_dir) -> Path:
-    out = tmp_path_factory.mktemp("cli") / "index"
-    res = run("index", "build", dataset_dir, "--out", out, "--bundle", bundle_dir,
-              "--batch", "8", "--M", "8", "--ef-construction", "40", "--ef", "16")
-    assert res.exit_code == 0, res.output
-    return out
+    return build_index(tmp_path_factory, bundle_dir, dataset_dir, "--batch", "8", "--M", "8",
+                       "--ef-construction", "40", "--ef", "16")
 
 
 @pytest.mark.parametrize(
@@ -234,6 +217,8 @@ def test_subprocess_errors_are_one_line(bundle_dir, tmp_path):
 
 def _all_command_paths() -> list[list[str]]:
     import typer
+
+    from mkt.cli import app
 
     def walk(cmd, path):
         out = [path]

@@ -4,30 +4,14 @@
 from __future__ import annotations
 
 import io
-import json
 import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from mkt.cli import app
 from mkt.runtime import dupes as D
-
-runner = CliRunner()
-
-
-def run(*args):
-    res = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in res.output
-    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
-    return res
-
-
-def jlines(text: str) -> list[dict]:
-    return [json.loads(x) for x in text.splitlines() if x.strip()]
-
+from tests._cli import jlines, run
 
 # -- pure pieces ------------------------------------------------------------------------------
 

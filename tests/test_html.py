@@ -13,21 +13,12 @@ import tempfile
 import markupsafe
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from mkt.cli import app
 from mkt.runtime.html import PhotoResolver, dupes_page, similar_page, thumbnail_data_uri
 from mkt.runtime.index import Hit
+from tests._cli import build_index, run
 
-runner = CliRunner()
 EVIL = '<script>alert("x")</script> & "quotes" <img src=x onerror=alert(1)>'
-
-
-def run(*args):
-    res = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in res.output
-    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
-    return res
 
 
 def _uris(text: str) -> list[str]:
@@ -105,10 +96,7 @@ def test_dupes_page(fixture_photos):
 
 @pytest.fixture(scope="module")
 def built_index(tmp_path_factory, bundle_dir, dataset_dir):
-    out = tmp_path_factory.mktemp("html") / "index"
-    res = run("index", "build", dataset_dir, "--out", out, "--bundle", bundle_dir)
-    assert res.exit_code == 0, res.output
-    return out
+    return build_index(tmp_path_factory, bundle_dir, dataset_dir)
 
 
 def test_cli_similar_html(built_index, bundle_dir, dataset_dir, fixture_photos, tmp_path,

@@ -3,30 +3,17 @@ ignored, weighted median + range) on a tiny index with known prices, and the JSO
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from mkt.cli import app
 from mkt.runtime import price as P
 from mkt.runtime.index import Hit, Index
+from tests._cli import build_index, jlines, run
 
-runner = CliRunner()
 DIM = 8
 
-
-def run(*args):
-    res = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in res.output
-    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
-    return res
-
-
-def jlines(text: str) -> list[dict]:
-    return [json.loads(x) for x in text.splitlines() if x.strip()]
 
 
 # -- pure rules -----------------------------------------------------------------------------
@@ -166,10 +153,7 @@ def test_predict_log_price_agrees_with_suggest(tiny_index):
 
 @pytest.fixture(scope="module")
 def built_index(tmp_path_factory, bundle_dir, dataset_dir):
-    out = tmp_path_factory.mktemp("price_cli") / "index"
-    res = run("index", "build", dataset_dir, "--out", out, "--bundle", bundle_dir, "--batch", "8")
-    assert res.exit_code == 0, res.output
-    return out
+    return build_index(tmp_path_factory, bundle_dir, dataset_dir, "--batch", "8")
 
 
 def test_cli_price_json_shape(built_index, bundle_dir, fixture_photos, tmp_path):

@@ -15,21 +15,15 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from typer.testing import CliRunner  # noqa: E402
-
-from mkt.cli import app as cli_app  # noqa: E402
 from mkt.serve import MULTIPART_OVERHEAD, create_app  # noqa: E402
+from tests._cli import build_index  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
 def built_index(tmp_path_factory, bundle_dir, dataset_dir):
-    out = tmp_path_factory.mktemp("serve") / "index"
-    res = CliRunner().invoke(cli_app, ["index", "build", str(dataset_dir), "--out", str(out),
-                                       "--bundle", str(bundle_dir)])
-    assert res.exit_code == 0, res.output
-    return out
+    return build_index(tmp_path_factory, bundle_dir, dataset_dir)
 
 
 @pytest.fixture(scope="module")
