@@ -8,8 +8,8 @@ The rule, in order:
    twice. With several query photos (``--listing``) the hits of all photos are merged the
    same way.
 3. Drop listings without a usable price: unknown, ``<= £0`` (free / "price on request") or
-   above :data:`MAX_VALID_PRICE` (absurd asks such as £10,000,000). The same rule as
-   ``mkt.training.metrics.valid_price``, which the price baselines use.
+   above :data:`MAX_VALID_PRICE` (absurd asks such as £10,000,000). The catalogue's rule,
+   :func:`mkt.runtime.catalogue.valid_price`, which the price baselines use too.
 4. The ``k`` best remaining listings vote with weight ``exp((score - best_score) / tau)``
    (``tau = inf``: equal weights). The suggestion is the weighted mean of their log prices
    (a weighted geometric mean; ``statistic="median"`` gives the weighted median), the range
@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
-#: Prices above this are treated as absurd and never vote (the data has asks of £1,234,567
-#: and £10,000,000 for bicycle parts). Same cap as the training-side price rule.
-MAX_VALID_PRICE = 100_000.0
+# Prices above MAX_VALID_PRICE are absurd asks (the data has £1,234,567 and £10,000,000 for
+# bicycle parts) and never vote: the catalogue's rule, shared with the training side.
+from .catalogue import MAX_VALID_PRICE
+from .catalogue import valid_price as _catalogue_valid_price
 
 #: How many listings vote. Tuned on the val split (benchmarks/eval_price.py: k=40 is the best
 #: of 5..100 with tau=0.1; R² of log price flat within 0.01 from k=20 to k=50).
@@ -55,14 +56,9 @@ RANGE_QUANTILES = (0.25, 0.75)
 
 
 def valid_price(price: Any, max_price: float = MAX_VALID_PRICE) -> bool:
-    """True when ``price`` is a known number above £0 and at most ``max_price``."""
-    if price is None or isinstance(price, bool):
-        return False
-    try:
-        p = float(price)
-    except (TypeError, ValueError):
-        return False
-    return math.isfinite(p) and 0.0 < p <= max_price
+    """The catalogue's price rule (known, above £0, at most ``max_price``:
+    :func:`mkt.runtime.catalogue.valid_price`); a bool is not a price either."""
+    return not isinstance(price, bool) and _catalogue_valid_price(price, max_price)
 
 
 def weighted_quantile(values: Sequence[float], weights: Sequence[float] | None,
