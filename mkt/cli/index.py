@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -20,6 +20,13 @@ IndexArg = Annotated[Path, typer.Argument(help="Index directory.", metavar="INDE
 
 def register(app: typer.Typer) -> None:
     app.add_typer(index_app, name="index")
+
+
+def _with_progress(run: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a :mod:`mkt.runtime.indexing` function with a progress bar, printing each photo
+    that fails as it happens."""
+    with ProgressBar("embedding") as bar:
+        return run(*args, on_error=lambda e: err_line(e.error), progress=bar.update, **kwargs)
 
 
 @command(index_app, "build")
@@ -50,11 +57,9 @@ def index_build_command(
     if (out / INDEX_JSON).exists() and not force:  # before loading the model
         raise MktError(f"{out}: an index already exists (use --force, or `mkt index add`)")
     model = load_model(bundle, threads)
-    with ProgressBar("embedding") as bar:
-        rep = build_index(model, source, out, M=m, ef_construction=ef_construction, ef=ef,
-                          overwrite=force, batch_size=batch,
-                          command=" ".join(["mkt", *sys.argv[1:]]),
-                          on_error=lambda e: err_line(e.error), progress=bar.update)
+    rep = _with_progress(build_index, model, source, out, M=m, ef_construction=ef_construction,
+                         ef=ef, overwrite=force, batch_size=batch,
+                         command=" ".join(["mkt", *sys.argv[1:]]))
     idx = rep.index
     sys.stderr.write(f"mkt: indexed {idx.count} photos into {out} (model {idx.model_id}, "
                      f"generation {idx.generation}); {len(rep.errors)} skipped\n")
@@ -77,9 +82,7 @@ def index_add_command(
 
     model = load_model(bundle, threads)
     idx = open_index(index, model)
-    with ProgressBar("embedding") as bar:
-        rep = add_to_index(model, idx, sources, batch_size=batch,
-                           on_error=lambda e: err_line(e.error), progress=bar.update)
+    rep = _with_progress(add_to_index, model, idx, sources, batch_size=batch)
     sys.stderr.write(f"mkt: added {rep.added} photos; index now has {idx.count}\n")
     if rep.errors:
         raise typer.Exit(1)
