@@ -191,7 +191,3 @@ def evaluate_command(
     report = evaluate(checkpoint, data=data, out=out, baseline=baseline)
     md = out / "report.md"
     typer.echo(md.read_text() if md.exists() else json.dumps(report, indent=2))
-
-
-if __name__ == "__main__":  # `python -m mkt.cli.train ...` == `mkt train ...`
-    train_app()
