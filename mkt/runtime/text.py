@@ -157,7 +157,13 @@ class TextEncoder:
 
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """``float32 [N, dim]`` L2-normalised embeddings; :class:`EmptyTextError` for an
-        empty/whitespace text. Texts are batched by length (less padding), order kept."""
+        empty/whitespace text.
+
+        Each text runs through the graph on its own (``batch_size`` only sets how many are
+        tokenised at once): the int8 graph quantises activations dynamically with one scale
+        per tensor, so in a padded batch a text's embedding would depend on the texts beside
+        it (cosine down to ~0.97 between batchings). Alone, a text always gets the same
+        vector, and there is no padding to compute."""
         if isinstance(texts, str):
             texts = [texts]
         texts = [check_text(t, f"text {i}" if len(texts) > 1 else "text query")
@@ -165,18 +171,18 @@ class TextEncoder:
         n = len(texts)
         out = np.zeros((n, self.dim), np.float32)
         trunc = [False] * n
-        if n == 0:
-            self.last_truncated = []
-            return out
         bs = max(1, int(batch_size))
-        order = sorted(range(n), key=lambda i: len(texts[i]))
+        names = ["input_ids", "attention_mask"] + (
+            ["token_type_ids"] if "token_type_ids" in self._inputs else [])
         for s in range(0, n, bs):
-            idx = order[s: s + bs]
-            feed, tr = self.tokenize([texts[i] for i in idx])
-            (emb,) = self.session.run([self._output], feed)
-            out[idx] = np.asarray(emb, np.float32)
-            for j, i in enumerate(idx):
-                trunc[i] = tr[j]
+            encs = self._tok.encode_batch(texts[s: s + bs])
+            for j, e in enumerate(encs):
+                m = int(sum(e.attention_mask))  # padding (to the batch) is cut off again
+                vals = (e.ids, e.attention_mask, e.type_ids)
+                feed = {k: np.asarray(v[:m], np.int64)[None] for k, v in zip(names, vals)}
+                (emb,) = self.session.run([self._output], feed)
+                out[s + j] = np.asarray(emb, np.float32)[0]
+                trunc[s + j] = len(e.overflowing) > 0
         # The graph normalises already; renormalise so int8 rounding never leaves |v| != 1.
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         self.last_truncated = trunc
