@@ -251,7 +251,7 @@ def test_cli_int8_only_replaces_existing_bundle(small, photos, tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from mkt.cli_export import export_command
+    from mkt.cli.export import export_command
 
     app = typer.Typer()
     app.command("export")(export_command)

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from mkt.training.transforms import Letterbox
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+from mkt.runtime.errors import MktError
+from mkt.runtime.images import is_image_file
+from mkt.runtime.preprocess import Preprocess
 
 # int8 vs fp32 targets (the issue's): agreement and accuracy drop on the test split.
 TARGETS = {"top1_agreement_min": 0.99, "acc_drop_pt_max": 0.5, "cosine_mean_min": 0.99}
@@ -40,15 +39,15 @@ class PhotoSet:
 
 
 def load_images(paths: list[Path], size: int) -> tuple[list[int], np.ndarray]:
-    """Decode + letterbox; returns the indices that loaded and the stacked uint8 array."""
-    box = Letterbox(size)
+    """Photos through the preprocessing contract (exactly what the runtime feeds the model);
+    returns the indices that loaded and the stacked uint8 array."""
+    pre = Preprocess(size=size)
     ok, arrs = [], []
     for i, p in enumerate(paths):
         try:
-            with Image.open(p) as im:
-                arrs.append(np.asarray(box(im), dtype=np.uint8))
+            arrs.append(pre.load(p))
             ok.append(i)
-        except (OSError, ValueError, Image.DecompressionBombError):
+        except MktError:
             continue
     if not arrs:
         return ok, np.zeros((0, size, size, 3), np.uint8)
@@ -62,9 +61,10 @@ def _sample(n_total: int, n: int | None, seed: int) -> np.ndarray:
     return idx
 
 
-def photo_sets_from_data(data: str | Path, labels: list[str], size: int, n_calib: int,
-                         parity_limit: int | None, seed: int) -> tuple[PhotoSet, PhotoSet]:
-    """(calibration: train split sample, parity: test split) from a cleaned data dir."""
+def split_photo_set(data: str | Path, labels: list[str], size: int, split: str,
+                    n: int | None, seed: int, what: str | None = None) -> PhotoSet:
+    """Photos of one split of a cleaned data dir (a fixed-seed sample of ``n``, or all),
+    through the preprocessing contract, with their class indices."""
     from mkt.training.split import load_split
 
     data = Path(data)
@@ -76,21 +76,25 @@ def photo_sets_from_data(data: str | Path, labels: list[str], size: int, n_calib
     unknown = sorted(set(df["category"]) - set(lab))
     if unknown:
         raise ValueError(f"{data}: categories not in the checkpoint's labels: {unknown}")
+    part = df[df["split"] == split].reset_index(drop=True)
+    part = part.iloc[_sample(len(part), n, seed)].reset_index(drop=True)
+    paths = [src / "images" / f"{p}.jpg" for p in part["photo_id"]]
+    ok, images = load_images(paths, size)
+    part = part.iloc[ok]
+    y = np.array([lab[c] for c in part["category"]], dtype=np.int64)
+    return PhotoSet(list(part["photo_id"]), images, y, what or f"{split}-split photos of {data}",
+                    skipped=len(paths) - len(ok))
 
-    def make(split: str, n: int | None, what: str) -> PhotoSet:
-        part = df[df["split"] == split].reset_index(drop=True)
-        part = part.iloc[_sample(len(part), n, seed)].reset_index(drop=True)
-        paths = [src / "images" / f"{p}.jpg" for p in part["photo_id"]]
-        ok, images = load_images(paths, size)
-        part = part.iloc[ok]
-        y = np.array([lab[c] for c in part["category"]], dtype=np.int64)
-        return PhotoSet(list(part["photo_id"]), images, y, f"{what} of {data}",
-                        skipped=len(paths) - len(ok))
 
-    calib = make("train", n_calib, f"{n_calib} train-split photos (seed {seed})")
-    parity = make("test", parity_limit, "test-split photos")
+def photo_sets_from_data(data: str | Path, labels: list[str], size: int, n_calib: int,
+                         parity_limit: int | None, seed: int) -> tuple[PhotoSet, PhotoSet]:
+    """(calibration: train split sample, parity: test split) from a cleaned data dir."""
+    calib = split_photo_set(data, labels, size, "train", n_calib, seed,
+                            f"{n_calib} train-split photos (seed {seed}) of {data}")
+    parity = split_photo_set(data, labels, size, "test", parity_limit, seed,
+                             f"test-split photos of {data}")
     if len(calib) == 0 or len(parity) == 0:
-        raise ValueError(f"{data}: no usable train/test photos under {src / 'images'}")
+        raise ValueError(f"{data}: no usable train/test photos")
     return calib, parity
 
 
@@ -98,7 +102,7 @@ def photo_sets_from_dir(photos: str | Path, size: int, n_calib: int,
                         parity_limit: int | None, seed: int) -> tuple[PhotoSet, PhotoSet]:
     """One folder of photos for both calibration and parity (no labels)."""
     photos = Path(photos)
-    paths = sorted(p for p in photos.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = sorted(p for p in photos.iterdir() if is_image_file(p))
     ok, images = load_images(paths, size)
     if not ok:
         raise ValueError(f"{photos}: no readable photos")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .bundle import Bundle, load_bundle
+from .calibration import Calibration
 from .errors import BundleError
 from .images import ImageSource
 
@@ -108,9 +109,8 @@ class Model:
         self.threads = int(threads) if threads else default_threads()
         self.variant, self.precision_info = self._choose_variant(variant)
         path = self.bundle.model_path(self.variant)
-        cal = self.bundle.calibration
-        self.temperature = _positive(cal.get("temperature"), 1.0)
-        self.min_confidence = _unit(cal.get("min_confidence"), 0.0)
+        self.calibration = Calibration.from_manifest(self.bundle.calibration, self.bundle.path)
+        self.temperature = self.calibration.temperature
 
         import onnxruntime as ort  # heavy: imported when a model is actually built
 
@@ -249,19 +249,23 @@ class Model:
     ) -> list[Prediction]:
         """Classify already-letterboxed photos. ``listing``: one prediction for all photos
         (mean of the logits, then softmax), as if they were the photos of one listing."""
-        logits, _ = self.predict(batch)
+        logits, emb = self.predict(batch)
         names = list(names) if names is not None else [str(i) for i in range(len(logits))]
         if listing:
             if len(logits) == 0:
                 return []
-            top = self.top_k(logits.mean(axis=0, keepdims=True), k)[0]
+            mean = logits.mean(axis=0, keepdims=True)
+            top = self.top_k(mean, k)[0]
+            # the listing is uncertain when its averaged answer is, or when no photo is sure
+            each = self.calibration.flags(self.probabilities(logits), emb, batch)
+            centre = emb.mean(0, keepdims=True)
+            centre /= max(float(np.linalg.norm(centre)), 1e-12)
+            whole = self.calibration.flags(self.probabilities(mean), centre, None)
             return [Prediction(names[0], top[0][0], top[0][1], top, paths=names,
-                               uncertain=top[0][1] < self.min_confidence)]
-        preds = []
-        for name, top in zip(names, self.top_k(logits, k), strict=True):
-            preds.append(Prediction(name, top[0][0], top[0][1], top,
-                                    uncertain=top[0][1] < self.min_confidence))
-        return preds
+                               uncertain=bool(whole[0] or each.all()))]
+        flags = self.calibration.flags(self.probabilities(logits), emb, batch)
+        return [Prediction(name, top[0][0], top[0][1], top, uncertain=bool(f))
+                for name, top, f in zip(names, self.top_k(logits, k), flags, strict=True)]
 
     def classify(
         self, paths: Iterable[ImageSource], k: int = 3, *, listing: bool = False,
@@ -303,23 +307,3 @@ class Model:
             f"variant={self.variant!r}, threads={self.threads})"
         )
 
-
-def _positive(v: Any, default: float) -> float:
-    """A calibration number that must be finite and > 0 (else the default: never trust a
-    hostile manifest into a division by zero)."""
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return default
-    return f if np.isfinite(f) and 1e-3 <= f <= 1e3 else default
-
-
-def _unit(v: Any, default: float) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return default
-    return f if np.isfinite(f) and 0.0 <= f <= 1.0 else default
-
-
-__all__ = ["Model", "Prediction", "default_threads", "softmax"]
