@@ -1,5 +1,5 @@
 """Support for the text-search tests (no tests here): one MiniLM ONNX export per machine
-bundle dir that ships it, and a small listing index with text.
+(cached), a bundle dir that ships it.
 
 The export (torch + transformers, ~1 min) is cached in ``$TMPDIR/mkt-test-cache/minilm-*``
 keyed by the export module's source, so a changed exporter is re-run. Skips when the

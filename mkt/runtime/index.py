@@ -84,6 +84,7 @@ CREATE VIRTUAL TABLE IF NOT EXISTS listing_fts USING fts5(
     title, description, content='listings', content_rowid='lid',
     tokenize='porter unicode61 remove_diacritics 2'
 );
+CREATE INDEX IF NOT EXISTS items_product ON items(product_id);
 """
 
 
@@ -97,7 +98,7 @@ def _ensure_schema2(conn: sqlite3.Connection) -> None:
     conn.executescript(_SCHEMA2)
 
 
-def listing_text(title: str | None, description: str | None, max_chars: int = 600) -> str:
+def listing_text(title: str | None, description: str | None, max_chars: int = 300) -> str:
     """The text a listing's MiniLM embedding is computed from: title, then the start of
     the description (MiniLM reads at most 128 tokens anyway)."""
     t = (title or "").strip()
@@ -721,9 +722,9 @@ class Index:
         old = {p: (vr, vk) for p, vr, vk in
                conn.execute("SELECT product_id, vrow, vkey FROM listings")}
         rows = conn.execute(
-            "SELECT product_id, title, description, price, category FROM items i "
-            "WHERE product_id IS NOT NULL AND label = (SELECT MIN(label) FROM items j "
-            "WHERE j.product_id = i.product_id) ORDER BY label"
+            "SELECT i.product_id, i.title, i.description, i.price, i.category FROM items i "
+            "JOIN (SELECT MIN(label) AS l FROM items WHERE product_id IS NOT NULL "
+            "GROUP BY product_id) m ON i.label = m.l ORDER BY i.label"
         ).fetchall()
         keep_l: list[int] = []
         new = []
