@@ -48,6 +48,10 @@ def export_command(
     exhaustive: bool = typer.Option(
         False, "--exhaustive", help="Run every quantisation config and keep the best, instead "
                                     "of stopping at the first that meets the targets."),
+    text: bool = typer.Option(
+        False, "--text/--no-text",
+        help="Ship the all-MiniLM-L6-v2 text encoder (for mkt search, --title, --text) and, "
+             "with --data, the photo + title fusion fitted on it."),
 ) -> None:
     """Export a checkpoint to a bundle: fp32 + static int8 ONNX, parity report, manifest."""
     require_extra("train", "export", "torch", "onnx")
@@ -78,7 +82,7 @@ def export_command(
         manifest = export_bundle(
             checkpoint, out, data=data, photos=photos, int8_only=int8_only, calib=calib,
             seed=seed, calibrate_method=calibrate_method, parity_limit=parity_limit,
-            exhaustive=exhaustive, command=command, log=log, tries=chosen_tries,
+            exhaustive=exhaustive, command=command, log=log, tries=chosen_tries, text=text,
         )
     except (OSError, ValueError, RuntimeError) as e:
         err_line(e)

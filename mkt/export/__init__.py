@@ -26,6 +26,8 @@ def export_bundle(
     parity_limit: int | None = None,
     tries: list | None = None,
     exhaustive: bool = False,
+    text: bool = False,
+    fusion: bool = True,
     command: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -37,6 +39,12 @@ def export_bundle(
     Quantisation configs (``tries``, default :func:`quantize.default_tries`) run in order and the
     first that meets every target is kept (``exhaustive``: run all, keep the best); if none
     does, the best one is kept and the report says by how much it misses.
+
+    With a cleaned ``data`` dir the exporter also fits, on its val split, the temperature and
+    the ``uncertain`` thresholds (:mod:`mkt.export.calibrate`; ``reference.npy``). ``text``:
+    ship the all-MiniLM-L6-v2 text encoder (``text.int8.onnx`` + ``tokenizer.json``) and,
+    with ``data`` and ``fusion``, the photo + title fusion (``fusion.npz``,
+    :mod:`mkt.export.fusion`) fitted on train, chosen on val.
     """
     import numpy as np
 
@@ -156,9 +164,22 @@ def export_bundle(
         atomic_write_json(bdir / B.PARITY_FILE, report)
         log(format_report(report))
 
+        calibration = None
+        if par_set.labels is not None and data is not None:
+            calibration = _calibrate(fp32, Path(data), list(ckpt["labels"]), size, seed, bdir,
+                                     run_onnx, log)
+        text_section = None
+        if text:
+            from .text_export import check_texts_from_data, export_text_model
+
+            texts = (check_texts_from_data(data) if data is not None
+                     else [f"photo {i}" for i in par_set.ids[:50]])
+            text_section = export_text_model(bdir, check_texts=texts, log=log)
+
         q = best["quantisation"]
         models = {"int8": B.INT8_FILE} if int8_only else {"int8": B.INT8_FILE,
                                                          "fp32": B.FP32_FILE}
+        graph_outputs = wrapped.output_names(size)
         cdata = ckpt.get("data") or {}
         manifest = {
             "schema_version": B.SCHEMA_VERSION,
@@ -167,7 +188,7 @@ def export_bundle(
             **contract.to_manifest(),
             "labels": list(ckpt["labels"]),
             "embedding_dim": int(ckpt["embed_dim"]),
-            "outputs": {"logits": "logits", "embedding": "embedding"},
+            "outputs": {n: n for n in graph_outputs},
             "models": models,
             "default": "int8",
             "versions": B.library_versions(),
@@ -212,10 +233,44 @@ def export_bundle(
                 "targets": TARGETS,
             },
         }
+        if calibration is not None:
+            manifest["calibration"] = calibration
+        if text_section is not None:
+            manifest["text"] = text_section
         manifest = B.write_manifest(bdir, manifest)
+        if text_section is not None and data is not None and fusion:
+            from .fusion import fit_fusion
+
+            log("fitting the photo + title fusion (train split, chosen on val) ...")
+            rep = fit_fusion(bdir, data, work / "fusion")
+            shutil.copyfile(work / "fusion" / "fusion.npz", bdir / "fusion.npz")
+            manifest["fusion"] = {"file": "fusion.npz", **rep}
+            manifest = B.write_manifest(bdir, manifest)
         B.verify_bundle(bdir)
     log(f"bundle written to {out} (model_id {manifest['model_id']})")
     return manifest
+
+
+def _calibrate(fp32: Path, data: Path, labels: list[str], size: int, seed: int, bdir: Path,
+               run_onnx: Callable[..., Any], log: Callable[[str], None],
+               n_train: int = 4000) -> dict[str, Any]:
+    """Fit the temperature and the uncertainty thresholds on val (fp32 model, contract path);
+    writes ``reference.npy`` into the bundle and returns the manifest's calibration section."""
+    import numpy as np
+
+    from .calibrate import fit_calibration
+    from .parity import split_photo_set
+
+    val = split_photo_set(data, labels, size, "val", None, seed)
+    train = split_photo_set(data, labels, size, "train", n_train, seed)
+    log(f"calibration on {len(val)} val photos, reference set from {len(train)} train photos")
+    vl, ve = run_onnx(fp32, val.images)[:2]
+    te = run_onnx(fp32, train.images)[1]
+    section, ref = fit_calibration(vl, val.labels, ve, te, val.images, seed=seed)
+    np.save(bdir / "reference.npy", ref.astype(np.float32), allow_pickle=False)
+    log(f"temperature {section['temperature']:.3f}: val ECE {section['ece_before']:.3f} -> "
+        f"{section['ece_after']:.3f}; uncertain on {section['val_flagged_share']:.1%} of val")
+    return section
 
 
 __all__ = ["export_bundle"]
