@@ -227,3 +227,41 @@ def test_letterbox_identity_on_shared_photos(fixture_photos):
         assert np.array_equal(load_letterboxed(p, 224), raw)
 
 
+
+
+# -- files that are not photos files -------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs here")
+def test_fifo_and_devices_refused_at_once(tmp_path):
+    """A FIFO named photo.jpg used to hang every command; /dev/zero grew memory without end.
+    Now each is one BadImageError line, within a second."""
+    import os
+    import time
+
+    fifo = tmp_path / "photo.jpg"
+    os.mkfifo(fifo)
+    link = tmp_path / "zero.jpg"
+    link.symlink_to("/dev/zero")
+    for src in (fifo, "/dev/zero", "/dev/urandom", link):
+        t0 = time.monotonic()
+        with pytest.raises(BadImageError) as e:
+            load_image(src)
+        assert time.monotonic() - t0 < 1.0
+        assert "\n" not in str(e.value) and "not a photo file" in str(e.value)
+
+
+def test_classify_cli_on_fifo_is_one_line(tmp_path, fixture_photos):
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "photo.jpg"
+    os.mkfifo(fifo)
+    r = subprocess.run([sys.executable, "-m", "mkt.cli", "classify", str(fifo),
+                        str(fixture_photos[0])], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.splitlines()
+    assert "FIFO" in lines[0] and lines[0].startswith("mkt: error: ") and len(lines) <= 2
+    assert "Traceback" not in r.stderr
+    assert r.stdout.strip()  # the good photo is still classified

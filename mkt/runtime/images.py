@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -101,6 +102,31 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def _read_regular_file(p: Path, label: str) -> bytes:
+    """Read a photo file whole, refusing anything but a regular file (a FIFO would block
+    forever, ``/dev/zero`` or ``/dev/urandom`` never end) and anything over
+    :data:`MAX_FILE_BYTES`. The size is checked on the open file, and the read is bounded
+    too, so a file that grows meanwhile cannot make mkt read without limit."""
+    st = p.stat()
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise BadImageError(f"{label}: {kind}, not a photo file")
+    fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):  # swapped between the check and the open
+            raise BadImageError(f"{label}: not a regular file, not a photo file")
+        if st.st_size > MAX_FILE_BYTES:
+            raise ImageTooLargeError(
+                f"{label}: file too large ({st.st_size} bytes, limit {MAX_FILE_BYTES})")
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageTooLargeError(f"{label}: file too large (over {MAX_FILE_BYTES} bytes)")
+    return data
+
+
 def upright_rgb(im: Image.Image, *, draft_size: int | None = None) -> Image.Image:
     """Steps 1-3 of the preprocessing contract on an opened PIL image: JPEG draft decoding
     (only while ``im`` is not yet loaded), EXIF orientation, any mode -> RGB.
@@ -149,12 +175,7 @@ def load_image(
                 raise BadImageError(f"{label}: no such file")
             if p.is_dir():
                 raise BadImageError(f"{label}: is a directory, not a photo")
-            if p.stat().st_size > MAX_FILE_BYTES:
-                raise ImageTooLargeError(
-                    f"{label}: file too large ({p.stat().st_size} bytes, limit {MAX_FILE_BYTES})"
-                )
-            # Read it whole: no file handle outlives this call, whatever PIL does lazily.
-            data = p.read_bytes()
+            data = _read_regular_file(p, label)
         if not data:
             raise BadImageError(f"{label}: empty file (0 bytes)")
         fp = io.BytesIO(data)
