@@ -10,7 +10,10 @@ Endpoints (multipart upload, field ``file``; JSON out, same shapes as the CLI's 
 - ``POST /similar?k=10``  ``{"path", "results": [{"id", "score", "product_id", ...}]}``
 - ``POST /price?k=25``    ``{"path", "price", "low", "high", "neighbours": [...]}``
 - ``GET /health``         model id, labels, index size
-- ``GET /docs``, ``GET /openapi.json``: FastAPI's interactive docs and schema.
+- ``GET /docs``, ``GET /openapi.json``: FastAPI's interactive docs and schema. Swagger UI's
+  script and stylesheet are served from ``/docs-static`` when the ``fastapi-offline`` package
+  (part of the ``serve`` extra) is installed, so ``/docs`` works offline; without it they come
+  from a CDN and the page says so.
 
 Errors are JSON ``{"detail": "..."}``: 400 undecodable image, 413 upload over the limit (checked
 from ``Content-Length`` and while reading, before the multipart parser spools anything), 415
@@ -260,8 +263,10 @@ def create_app(
         description="Classify second-hand marketplace photos into 13 categories, find similar "
         "listings and suggest a price. Upload a photo as multipart field `file`.",
         lifespan=lifespan,
+        docs_url=None,
     )
     app.state.mkt = st
+    _add_docs(app)
     app.add_middleware(UploadGuard, max_upload=int(max_upload_bytes))
 
     @app.exception_handler(RequestValidationError)
@@ -376,6 +381,53 @@ def create_app(
         return answer(suggest_price, file, indexed=True, k=k)
 
     return app
+
+
+DOCS_STATIC = "/docs-static"
+
+
+def _docs_assets() -> Path | None:
+    """The folder of Swagger UI's files shipped by ``fastapi-offline``, or None."""
+    try:
+        import importlib.resources as resources
+
+        d = Path(str(resources.files("fastapi_offline") / "static"))
+    except (ImportError, TypeError, OSError):
+        return None
+    return d if (d / "swagger-ui-bundle.js").is_file() else None
+
+
+def _add_docs(app: FastAPI) -> None:
+    """``GET /docs``: Swagger UI from local files when they are installed (works offline),
+    else FastAPI's CDN page with a visible note saying why it may stay blank."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+
+    assets = _docs_assets()
+    if assets is not None:
+        from fastapi.staticfiles import StaticFiles
+
+        app.mount(DOCS_STATIC, StaticFiles(directory=str(assets)), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        kw: dict[str, str] = {}
+        if assets is not None:
+            kw = {"swagger_js_url": f"{root}{DOCS_STATIC}/swagger-ui-bundle.js",
+                  "swagger_css_url": f"{root}{DOCS_STATIC}/swagger-ui.css",
+                  "swagger_favicon_url": f"{root}{DOCS_STATIC}/favicon.png"}
+        page = get_swagger_ui_html(openapi_url=f"{root}{app.openapi_url}",
+                                   title="mkt - API docs", **kw)
+        if assets is not None:
+            return page
+        note = ("<p style=\"font-family:sans-serif;margin:1em\">Swagger UI loads its script "
+                "from a CDN: without internet this page stays blank. Install "
+                "<code>fastapi-offline</code> (part of <code>pip install 'mkt[serve]'</code>) "
+                f"to serve it locally, or read the schema at <a href=\"{root}/openapi.json\">"
+                "/openapi.json</a>.</p>")
+        body = bytes(page.body).decode().replace("<body>", "<body>" + note, 1)
+        return HTMLResponse(body)
 
 
 def _env_app() -> FastAPI:

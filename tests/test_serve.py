@@ -203,3 +203,40 @@ def test_model_loaded_once(bundle_dir, built_index, photo, monkeypatch):
         for _ in range(3):
             assert c.post("/classify", files=up(photo)).status_code == 200
     assert len(calls) == 1
+
+
+def test_docs_work_offline(client, monkeypatch):
+    """/docs loads Swagger UI from this server when fastapi-offline is installed (no CDN);
+    without it the page says that it needs the CDN."""
+    import mkt.serve as ms
+
+    page = client.get("/docs").text
+    if ms._docs_assets() is not None:
+        assert "cdn" not in page.lower()
+        js = client.get(f"{ms.DOCS_STATIC}/swagger-ui-bundle.js")
+        assert js.status_code == 200 and len(js.content) > 100_000
+        assert client.get(f"{ms.DOCS_STATIC}/swagger-ui.css").status_code == 200
+    else:
+        assert "fastapi-offline" in page
+    monkeypatch.setattr(ms, "_docs_assets", lambda: None)
+    with TestClient(create_app(model=client.app.state.mkt.model,
+                               index_obj=client.app.state.mkt.index)) as c:
+        page = c.get("/docs").text
+    assert "CDN" in page and "fastapi-offline" in page and "/openapi.json" in page
+
+
+def test_serve_busy_port_is_one_line_exit_2(bundle_dir):
+    """A port in use: one `mkt: error:` line and exit 2, before any model is loaded."""
+    import socket
+
+    from tests._cli import run
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        res = run("serve", "--port", port, "--bundle", bundle_dir)
+    assert res.exit_code == 2
+    assert res.stderr.strip() == f"mkt: error: port {port} on 127.0.0.1 is in use (pick " \
+        "another with --port N)"
+    assert res.stdout == ""

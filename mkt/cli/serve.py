@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .errors import require_extra, warn_line
+from .errors import fail, require_extra, warn_line
 from .options import BundleOpt, IndexOpt, ThreadsOpt, command
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -41,9 +41,31 @@ def serve_command(
 
     from ..serve import create_app
 
+    check_port(host, port)
     if host not in LOOPBACK:
         warn_line(f"listening on {host}: reachable from other machines; there is no "
                   "authentication, put it behind a proxy")
     app = create_app(bundle=bundle, index=index, threads=threads,
                      max_upload_bytes=int(max_upload_mb * 1024 * 1024), eager=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail with one line and exit 2 when ``host:port`` cannot be listened on (in use, no such
+    address), before loading anything: uvicorn would print its log lines and exit 3."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        fail(f"cannot listen on {host}: {getattr(e, 'strerror', None) or e}")
+    family, stype, proto, _, addr = infos[0]
+    with socket.socket(family, stype, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            s.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                fail(f"port {port} on {host} is in use (pick another with --port N)")
+            fail(f"cannot listen on {host} port {port}: {e.strerror or e}")
