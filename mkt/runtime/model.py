@@ -21,14 +21,7 @@ from .bundle import Bundle, load_bundle
 from .calibration import Calibration
 from .errors import BundleError
 from .images import ImageSource
-
-
-def default_threads() -> int:
-    """Intra-op threads: all physical-ish cores up to 4 (more rarely helps a tiny CNN)."""
-    env = os.environ.get("MKT_THREADS")
-    if env and env.isdigit() and int(env) > 0:
-        return int(env)
-    return max(1, min(4, os.cpu_count() or 1))
+from .session import cpu_session, default_threads
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -112,20 +105,7 @@ class Model:
         self.calibration = Calibration.from_manifest(self.bundle.calibration, self.bundle.path)
         self.temperature = self.calibration.temperature
 
-        import onnxruntime as ort  # heavy: imported when a model is actually built
-
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(
-                str(path), sess_options=so, providers=["CPUExecutionProvider"]
-            )
-        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise BundleError(f"{path}: onnxruntime cannot load the model ({e})") from None
+        self.session = cpu_session(path, self.threads)
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name for o in self.session.get_outputs()}
         b = self.bundle
