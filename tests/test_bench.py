@@ -117,3 +117,37 @@ def test_bench_needs_no_checkout():
     assert B.default_photo_dirs() == [Path(B.__file__).resolve().parent.parent / "assets" /
                                       "examples"]
     assert not hasattr(B, "bench_decode") and not hasattr(B, "bench_model_only")
+
+
+def test_bench_quick_reports_progress_on_stderr(bundle_dir):
+    """--quick: the short settings, progress lines on stderr (also with --json, whose stdout
+    stays one JSON object)."""
+    import time
+
+    from mkt.runtime.bench import QUICK
+
+    t0 = time.monotonic()
+    res = CliRunner().invoke(app, ["bench", "--quick", "--json", "--bundle", str(bundle_dir),
+                                   "--threads", "1"])
+    wall = time.monotonic() - t0
+    assert res.exit_code == 0, res.output
+    (line,) = [x for x in res.stdout.splitlines() if x.strip()]
+    r = json.loads(line)
+    s = r["settings"]
+    assert s["quick"] is True
+    assert (s["repeats"], s["warmup"], s["cold_runs"], s["index_repeats"]) == (
+        QUICK["repeats"], QUICK["warmup"], QUICK["cold_runs"], QUICK["index_repeats"])
+    assert r["indexing"]["photos"] == max(32, QUICK["index_photos"])
+    progress = res.stderr.splitlines()
+    assert len(progress) >= 5 and all(p.startswith("mkt: bench: [") for p in progress)
+    for stage in ("latency", "indexing", "12 MP", "cold start", "done"):
+        assert any(stage in p for p in progress), stage
+    assert wall < 120  # under 20 s on an idle 2-core machine; this CPU may be shared
+
+
+def test_bench_explicit_options_override_quick(bundle_dir):
+    res = CliRunner().invoke(app, ["bench", "--quick", "--json", "--bundle", str(bundle_dir),
+                                   "--repeats", "1", "--max-photos", "2", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    s = json.loads(res.stdout.strip().splitlines()[-1])["settings"]
+    assert s["repeats"] == 1 and s["photos"] <= 2 and s["quick"] is True

@@ -190,7 +190,8 @@ def test_info(bundle_dir, built_index):
     assert d["bundle"]["model_id"] == d["index"]["model_id"] and d["index"]["matches_bundle"]
     assert len(d["bundle"]["labels"]) == 13
     res = run("info", "--bundle", bundle_dir, "--index", built_index)
-    assert res.exit_code == 0 and "model_id" in res.stdout
+    assert res.exit_code == 0 and d["bundle"]["model_id"] in res.stdout
+    assert "matches the model" in res.stdout and "train_loss" not in res.stdout
     res = run("info", "--bundle", bundle_dir, "--index", built_index / "nope")
     assert res.exit_code == 2
 

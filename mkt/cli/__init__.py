@@ -3,7 +3,8 @@
 One module a command group, each with a ``register(app)`` that adds its commands:
 
 - :mod:`.photos`: ``classify``, ``similar``; :mod:`.index`: ``index build|add|remove|info``;
-  :mod:`.info`: ``info``; :mod:`.market`: ``price``, ``dupes``; :mod:`.bench`: ``bench``;
+  :mod:`.info`: ``info``; :mod:`.example`: ``example`` (the packaged example photos);
+  :mod:`.market`: ``price``, ``dupes``; :mod:`.bench`: ``bench``;
   :mod:`.serve`: ``serve`` (``serve`` extra); :mod:`.train`: ``data``, ``train``,
   ``evaluate`` and :mod:`.export`: ``export`` (``train`` extra).
 - shared: :mod:`.options` (option types, command classes, model/index loading),
@@ -30,7 +31,9 @@ from collections.abc import Sequence
 from .options import new_app
 
 #: The command modules, in the order their commands are listed.
-COMMAND_MODULES = ("photos", "market", "index", "info", "bench", "serve", "train", "export")
+COMMAND_MODULES = (
+    "photos", "market", "index", "info", "example", "bench", "serve", "train", "export",
+)
 
 app = new_app(
     name="mkt",

@@ -27,9 +27,9 @@ from .output import Reporter, emit_json, money, write_html
 # Shown in --help; tests check they match mkt.runtime.price / mkt.runtime.dupes (those are not
 # imported here: numpy would cost every command's cold start).
 K_HELP = "How many listings vote (default 40, tuned on the val split)."
-T_HELP = ("Cosine similarity from which two photos may be the same picture (default 0.8, "
-          "calibrated by benchmarks/eval_dupes.py); they are when their dHash distance is "
-          "small too, or their cosine is >= 0.97.")
+T_HELP = ("Cosine similarity from which two photos may be copies of one picture (default 0.8, "
+          "calibrated on the marketplace photos). Such a pair counts when its dHash distance "
+          "is small too (see --hash-distance), or when its cosine is >= 0.97.")
 
 
 def register(app: typer.Typer) -> None:

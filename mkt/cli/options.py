@@ -50,6 +50,61 @@ def _plain_label(m: re.Match[str]) -> str:
     return {"int": "INTEGER", "str": "TEXT", "bool": "BOOLEAN"}.get(label, label.upper())
 
 
+_RANGE = re.compile(r"^(?:-?[\d.]+<=?)?x(?:<=?|>=?)-?[\d.]+$")
+_EXTRA = re.compile(r"\s*\[([^\[\]]*)\]$")
+NBSP = "\u00a0"
+
+
+def _tidy_help(text: str) -> str:
+    """An option's help as shown: click's trailing ``[default: 3; x>=1]`` without the range
+    (``x>=1`` is noise; a bad value gets a clear error), and with no-break spaces inside the
+    brackets so that a wrapped line never splits them (``[default:`` / ``5]``)."""
+    m = _EXTRA.search(text)
+    if not m:
+        return text
+    parts = [x.strip() for x in m.group(1).split(";")]
+    parts = [x for x in parts if x and not _RANGE.match(x)]
+    head = text[: m.start()]
+    if not parts:
+        return head
+    return head + "  " + f"[{'; '.join(parts)}]".replace(" ", NBSP)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """Lines of at most ``width`` (a longer word stays whole), broken at spaces only: never
+    inside a word such as ``no-text`` or ``frozen-ImageNet``, never inside the no-break
+    spaces of :func:`_tidy_help` (written out as plain spaces)."""
+    import textwrap
+
+    lines = textwrap.wrap(re.sub(r"[ \t\r\n]+", " ", text.strip()), max(width, 10),
+                          break_on_hyphens=False,
+                          break_long_words=False)
+    return [line.replace(NBSP, " ") for line in lines] or [""]
+
+
+def write_dl(formatter: Any, rows: list[tuple[str, str]], col_max: int = 30,
+             col_spacing: int = 2) -> None:
+    """click's ``HelpFormatter.write_dl`` with :func:`_wrap` (click breaks at hyphens and
+    cannot keep ``[default: 5]`` on one line)."""
+    if not rows:
+        return
+    indent = formatter.current_indent
+    first_col = min(max(len(r[0]) for r in rows), col_max) + col_spacing
+    for first, second in rows:
+        formatter.write(f"{'':>{indent}}{first}")
+        if not second:
+            formatter.write("\n")
+            continue
+        if len(first) <= first_col - col_spacing:
+            formatter.write(" " * (first_col - len(first)))
+        else:
+            formatter.write("\n" + " " * (first_col + indent))
+        lines = _wrap(second, formatter.width - first_col - indent)
+        formatter.write(lines[0] + "\n")
+        for line in lines[1:]:
+            formatter.write(" " * (first_col + indent) + line + "\n")
+
+
 def _format_params(cmd: Any, ctx: Any, formatter: Any) -> None:
     """Arguments and options as click writes them: ``PHOTO...``, ``--bundle DIR``."""
     args, opts = [], []
@@ -58,13 +113,13 @@ def _format_params(cmd: Any, ctx: Any, formatter: Any) -> None:
         if rv is None:
             continue
         if p.param_type_name == "argument":
-            args.append((p.metavar or (p.name or "").upper(), rv[1]))
+            args.append((p.metavar or (p.name or "").upper(), _tidy_help(rv[1])))
         else:
-            opts.append((_TYPE_LABEL.sub(_plain_label, rv[0]), rv[1]))
+            opts.append((_TYPE_LABEL.sub(_plain_label, rv[0]), _tidy_help(rv[1])))
     for title, rows in (("Arguments", args), ("Options", opts)):
         if rows:
             with formatter.section(title):
-                formatter.write_dl(rows)
+                write_dl(formatter, rows)
 
 
 class MktCommand(TyperCommand):
@@ -99,6 +154,26 @@ class MktGroup(TyperGroup):
     def format_options(self, ctx: Any, formatter: Any) -> None:
         _format_params(self, ctx, formatter)
         self.format_commands(ctx, formatter)
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        """The commands with their whole first sentence, wrapped (click cuts it with
+        ``...`` at the terminal width)."""
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is None or cmd.hidden:
+                continue
+            rows.append((name, first_sentence(cmd.short_help or cmd.help or "")))
+        if rows:
+            with formatter.section("Commands"):
+                write_dl(formatter, rows)
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of a help text's first paragraph (all of it when it has one)."""
+    para = " ".join(text.strip().split("\n\n", 1)[0].split())
+    m = re.search(r"(?<=[.!?])\s+(?=[A-Z`(])", para)
+    return para[: m.start()] if m else para
 
 
 def new_app(**kwargs: Any) -> typer.Typer:

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from .errors import warn_line
 from .options import (
     BatchOpt,
     BundleOpt,
@@ -47,6 +48,10 @@ def classify_command(
     from ..runtime.batch import PhotoError, classify_photos
 
     model = load_model(bundle, threads)
+    n_labels = len(model.labels)
+    if k > n_labels:
+        warn_line(f"-k {k}: the model has {n_labels} categories; showing all {n_labels}")
+        k = n_labels
     rep = Reporter(as_json)
     for r in classify_photos(model, photos, k=k, listing=listing, batch_size=batch,
                              names=[str(p) for p in photos]):
@@ -91,6 +96,11 @@ def similar_command(
     idx = open_index(index, model, ef)
     rep = Reporter(as_json)
     con = None if as_json else console()
+    resolver = None
+    if con is not None:
+        from ..runtime.html import PhotoResolver
+
+        resolver = PhotoResolver.for_index(idx, photos_root or ())
     results, failures = [], []
     for r in similar_photos(model, idx, photos, k=k, names=[str(p) for p in photos]):
         if isinstance(r, PhotoError):
@@ -101,13 +111,16 @@ def similar_command(
         if con is None:
             emit_json(r.to_dict())
         else:
-            show_hits(r, con)
+            show_hits(r, con, resolver)
     if html is not None:
         similar_html(html, results, failures, idx, photos_root or ())
     rep.finish(len(photos))
 
 
-def show_hits(r: Any, con: Any) -> None:
+def show_hits(r: Any, con: Any, resolver: Any = None) -> None:
+    """A table a photo. Listing columns (category, price, title) when the index has them;
+    an index of a plain photo folder has none, so then the file of each hit (the local file
+    when it is found, else the path the index recorded)."""
     from rich.table import Table
 
     t = Table(title=f"{esc(r.path)}: {len(r.results)} similar", title_justify="left",
@@ -115,12 +128,23 @@ def show_hits(r: Any, con: Any) -> None:
     t.add_column("#", justify="right", style="dim")
     t.add_column("score", justify="right", style="cyan")
     t.add_column("id", no_wrap=True)
-    t.add_column("category", style="green", no_wrap=True)
-    t.add_column("price", justify="right", no_wrap=True)
-    t.add_column("title", overflow="ellipsis", no_wrap=True, max_width=60)
-    for rank, h in enumerate(r.results, 1):
-        t.add_row(str(rank), f"{h.score:.3f}", esc(h.id), esc(h.category or ""),
-                  money(h.price), esc(h.title or ""))
+    listing = any(h.category or h.title or h.price is not None for h in r.results)
+    if listing:
+        t.add_column("category", style="green", no_wrap=True)
+        t.add_column("price", justify="right", no_wrap=True)
+        t.add_column("title", overflow="ellipsis", no_wrap=True, max_width=60)
+    else:
+        t.add_column("file", overflow="fold")
+    hits = getattr(r, "hits", None) or [None] * len(r.results)
+    for rank, (h, raw) in enumerate(zip(r.results, hits, strict=False), 1):
+        row = [str(rank), f"{h.score:.3f}", esc(h.id)]
+        if listing:
+            row += [esc(h.category or ""), money(h.price), esc(h.title or "")]
+        else:
+            path = ((raw.meta or {}).get("path") if raw is not None else None) or ""
+            local = resolver.resolve(path) if resolver is not None and path else None
+            row.append(esc(local or path))
+        t.add_row(*row)
     con.print(t)
 
 

@@ -86,9 +86,9 @@ def data_photos(
 @command(data_app, "split")
 def data_split(
     data: Path = typer.Option(..., help="Cleaned data folder (from `mkt data clean`)."),
-    seed: int = typer.Option(0),
-    val: float = typer.Option(0.10),
-    test: float = typer.Option(0.15),
+    seed: int = typer.Option(0, help="Random seed of the split."),
+    val: float = typer.Option(0.10, help="Share of listings for validation."),
+    test: float = typer.Option(0.15, help="Share of listings for the test split."),
 ) -> None:
     """Split by listing, stratified by category, reused photos kept on one side."""
     _need_train_extra("data split")
@@ -107,23 +107,25 @@ def train_main(
     data: Path | None = typer.Option(None, help="Cleaned + split data folder."),
     out: Path | None = typer.Option(None, help="Run folder for checkpoints and logs."),
     arch: str = typer.Option("efficientnet_lite0",
-                             help="efficientnet_lite0 | resnet50 | small_cnn"),
-    weights: str = typer.Option("imagenet", help="imagenet | none | path to a state dict"),
-    mode: str = typer.Option("auto", help="auto (GPU: full, CPU: cached) | cached | full"),
+                             help="Backbone: efficientnet_lite0, resnet50 or small_cnn."),
+    weights: str = typer.Option(
+        "imagenet", help="Start weights: imagenet, none, or the path of a state dict."),
+    mode: str = typer.Option(
+        "auto", help="Training mode: auto (full on a GPU, cached on a CPU), cached or full."),
     images: Path | None = typer.Option(None, help="Photo folder (default: the data's source)."),
-    epochs: int = typer.Option(10),
+    epochs: int = typer.Option(10, help="Most epochs (early stopping may end sooner)."),
     batch_listings: int = typer.Option(48, help="Listings a batch (two photos each)."),
-    lr: float = typer.Option(2e-3),
+    lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, warm-up + cosine)."),
     freeze_epochs: int = typer.Option(1, help="Epochs training only the heads."),
     n_aug: int = typer.Option(3, help="Cached mode: augmented views a train photo."),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="Random seed."),
     patience: int = typer.Option(3, help="Early stop after this many epochs without gain."),
     max_steps: int | None = typer.Option(None, help="Stop after N steps (smoke runs)."),
     limit_photos: int | None = typer.Option(None, help="Use about N photos (smoke runs)."),
-    threads: int | None = typer.Option(None),
+    threads: int | None = typer.Option(None, help="CPU threads (default: torch's choice)."),
     cache_dir: Path | None = typer.Option(None, help="Where cached stem activations live."),
     resume: bool = typer.Option(False, help="Resume from the last epoch checkpoint in --out."),
-    progress: bool = typer.Option(True),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Fine-tune a backbone into the classifier + embedding model."""
     if ctx.invoked_subcommand is not None:

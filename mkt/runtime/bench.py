@@ -51,6 +51,11 @@ TARGETS: dict[str, tuple[str, float]] = {
 
 Log = Callable[[str], None]
 
+#: ``mkt bench --quick``: a first look in well under 20 s on a 2-core machine (fewer passes,
+#: fewer photos: noisier figures).
+QUICK: dict[str, int] = {"repeats": 3, "warmup": 1, "max_photos": 10, "index_photos": 32,
+                         "index_repeats": 1, "phone_repeats": 3, "cold_runs": 1}
+
 
 def _quiet(_: str) -> None:
     pass
@@ -284,6 +289,7 @@ def bench_indexing(
     n_photos: int = 320,
     repeats: int = 3,
     workers: int | None = None,
+    log: Log = _quiet,
 ) -> dict[str, Any]:
     """Indexing throughput (photos/s): decode + letterbox + embed at ``batch``.
 
@@ -312,7 +318,9 @@ def bench_indexing(
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     try:
-        for _ in range(max(1, repeats)):  # interleaved: every variant sees the same load
+        for r in range(max(1, repeats)):  # interleaved: every variant sees the same load
+            log(f"  indexing pass {r + 1}/{max(1, repeats)} ({len(variants)} variants x "
+                f"{n} photos)")
             for k, (fn, _count) in variants.items():
                 gc.collect()
                 times[k].append(time_ms(fn) / 1000.0)
@@ -336,12 +344,13 @@ def bench_phone_jpeg(
     info = make_phone_jpeg(workdir / "phone_12mp.jpg", source)
     p = Path(info["path"])
     size = model.input_size
-    n = max(5, repeats)
+    n = max(1, repeats)
     info["decode_ms"] = summarize(_timed_loop([lambda: load_letterboxed(p, size)], n, warmup))
     info["e2e_ms"] = summarize(_timed_loop([lambda: model.classify([p])], n, warmup))
     # What a decode without libjpeg's DCT scaling (draft) would cost: the reason draft is on.
     info["decode_full_ms"] = summarize(
-        _timed_loop([lambda: load_letterboxed(p, size, draft=False)], max(3, n // 4), 1)
+        _timed_loop([lambda: load_letterboxed(p, size, draft=False)],
+                    max(3, n // 4) if n >= 12 else 1, 1 if n >= 12 else 0)
     )
     return info
 
@@ -465,8 +474,15 @@ def run_bench(
     cold_runs: int = 5,
     variant: str | None = None,
     log: Log = _quiet,
+    index_repeats: int | None = None,
+    phone_repeats: int | None = None,
 ) -> dict[str, Any]:
-    """Run every measurement; returns one JSON-able dict (see the module docstring)."""
+    """Run every measurement; returns one JSON-able dict (see the module docstring).
+
+    ``log``: called with one line before each stage (and each indexing pass), for progress.
+    ``index_repeats`` (default ``min(repeats, 5)``) / ``phone_repeats`` (default
+    ``max(5, 2 * repeats)``): passes of the indexing and 12 MP measurements;
+    :data:`QUICK` has the settings of ``mkt bench --quick``."""
     dirs = [Path(p) for p in photos] if photos else default_photo_dirs()
     if not dirs:
         raise MktError("no photos to benchmark: pass --photos DIR")
@@ -490,16 +506,19 @@ def run_bench(
         "photos": len(paths), "photo_dirs": [str(d) for d in dirs],
         "index_batch": index_batch, "index_photos": index_photos, "cold_runs": cold_runs,
     }
+    index_repeats = max(1, index_repeats or min(repeats, 5))
+    phone_repeats = max(1, phone_repeats or max(5, 2 * repeats))
+    result["settings"].update(index_repeats=index_repeats, phone_repeats=phone_repeats)
     log(f"latency, batch 1: {len(paths)} photos x {repeats} (end to end, decode, model) ...")
     result.update(bench_latency(model, paths, repeats, warmup))
-    log(f"indexing throughput, batch {index_batch} ...")
+    log(f"indexing throughput, batch {index_batch}, {index_repeats} pass(es) ...")
     result["indexing"] = bench_indexing(
-        model, paths, batch=index_batch, n_photos=index_photos, repeats=max(1, min(repeats, 5))
+        model, paths, batch=index_batch, n_photos=index_photos, repeats=index_repeats, log=log
     )
     with tempfile.TemporaryDirectory(prefix="mkt-bench-") as tmp:
         log("12 MP phone JPEG end to end ...")
         result["phone_12mp"] = bench_phone_jpeg(
-            model, Path(tmp), paths[0], max(5, 2 * repeats), warmup
+            model, Path(tmp), paths[0], phone_repeats, warmup
         )
         result["phone_12mp"]["path"] = "<tmp>/phone_12mp.jpg"
         log(f"cold start of `mkt classify`, {cold_runs} runs ...")
@@ -516,6 +535,7 @@ def run_bench(
     except OSError:  # pragma: no cover
         pass
     result["bench_seconds"] = round(time.perf_counter() - t_start, 1)
+    log(f"done in {result['bench_seconds']:.0f} s")
     return result
 
 
@@ -576,6 +596,7 @@ def to_json(result: dict[str, Any]) -> str:
 
 
 __all__ = [
+    "QUICK",
     "TARGETS",
     "bench_classify_e2e",
     "bench_cold_start",

@@ -13,6 +13,7 @@ the CLI, the server and ``benchmarks/eval_dupes.py`` share one implementation.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -455,12 +456,20 @@ def _index_pairs(model: Any, index: Any, vecs: np.ndarray, rows: list[DupePhoto]
 
         resolver = PhotoResolver.for_index(index)
     n = len(rows)
-    own = {r.id for r in rows}
+    # A source photo is skipped in the index only when it *is* that indexed file (checking a
+    # catalogue against its own index). Sharing an id (file stem) is not enough: a re-used
+    # catalogue photo saved under its catalogue name is exactly what this looks for.
+    own: dict[str, list[Any]] = {}
+    for r in rows:
+        own.setdefault(r.id, []).append(r.file)
     pos_of: dict[str, int] = {}
     extra: list[DupePair] = []
     for i, hits in enumerate(index.search(vecs, min(index.count, 32))):
         for h in hits:
-            if h.score < rule.search_threshold or h.id in own:
+            if h.score < rule.search_threshold:
+                continue
+            if h.id in own and _same_file(resolver.resolve((h.meta or {}).get("path")),
+                                          own[h.id]):
                 continue
             if h.id not in pos_of:
                 pos_of[h.id] = len(rows)
@@ -481,6 +490,19 @@ def _index_pairs(model: Any, index: Any, vecs: np.ndarray, rows: list[DupePhoto]
                 hd = int(hamming(hashes[i], hashes[j]))
             extra.append(DupePair(i, j, float(h.score), hd))
     return extra
+
+
+def _same_file(local: Any, files: Sequence[Any]) -> bool:
+    """Whether ``local`` (an index photo's local file, or None) is one of ``files``."""
+    if local is None:
+        return False
+    for f in files:
+        try:
+            if f is not None and os.path.samefile(local, f):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 __all__ = [
