@@ -107,7 +107,10 @@ def run_main(main: Any, *args: Any, **kwargs: Any) -> NoReturn:
             sys.exit(code)
         ctx, cmd = getattr(e, "ctx", None), getattr(e, "cmd", None)
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None and cmd else ""
-        err_line(e.format_message() + hint)  # type: ignore[attr-defined]
+        msg = e.format_message()  # type: ignore[attr-defined]
+        if hint and msg.endswith(".") and not msg.endswith("..."):
+            msg = msg[:-1]  # "Missing argument 'PHOTO...' (see ...)", not "...'. (see"
+        err_line(msg + hint)
         sys.exit(code)
     sys.exit(rv if isinstance(rv, int) else 0)
 
