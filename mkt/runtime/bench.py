@@ -550,8 +550,8 @@ def format_report(r: dict[str, Any]) -> str:
     cores = f"{m.get('physical_cores', '?')} physical / {m['logical_cores']} logical"
     lines = [
         f"machine   {m['model']} ({cores} cores, usable {m.get('usable_cores')}; "
-        f"simd {','.join(m.get('simd', [])) or '?'}; load average {m.get('loadavg')} at "
-        f"start, {m.get('loadavg_end')} at end)",
+        f"simd {','.join(m.get('simd', [])) or '?'})",
+        f"load      average {m.get('loadavg')} at start, {m.get('loadavg_end')} at end",
         "versions  " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()),
         f"bundle    {b['arch']} {b['variant']} ({b['file']}, {b['bytes'] / 1e6:.1f} MB, "
         f"model_id {b['model_id']})",
