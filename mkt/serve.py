@@ -26,8 +26,13 @@ Needs the ``serve`` extra (``pip install 'mkt[serve]'``).
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import logging
 import os
+import tempfile
 import threading
+import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +41,8 @@ from typing import Any
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
 from .runtime.batch import PhotoError, SimilarResult, classify_photos, similar_photos
@@ -53,6 +60,46 @@ MULTIPART_OVERHEAD = 64 * 1024
 GENERIC_TYPES = frozenset({"", "application/octet-stream"})
 
 UPLOAD_PATHS = frozenset({"/classify", "/similar", "/price"})
+
+# -- resource limits (docs/reliability.md; `mkt serve` options / MKT_SERVE_* env vars) ------
+
+#: Uploads read or processed at once; more get 503 + ``Retry-After`` at once.
+MAX_INFLIGHT = 8
+
+#: Seconds a client has to send a whole upload body (else 408, connection closed).
+BODY_TIMEOUT = 30.0
+
+#: Seconds a client has to send a request's headers (else the connection is closed).
+HEADER_TIMEOUT = 10.0
+
+#: Seconds an idle keep-alive connection stays open (uvicorn ``timeout_keep_alive``).
+KEEP_ALIVE_TIMEOUT = 5
+
+#: Open connections: at this many, uvicorn answers 503 (``limit_concurrency``); beyond it a
+#: new connection is closed at once (file descriptors stay bounded).
+MAX_CONNECTIONS = 200
+
+#: Largest request head (request line + headers) h11 buffers (``h11_max_incomplete_event_size``).
+MAX_HEADER_BYTES = 16 * 1024
+
+#: Listen backlog (uvicorn ``backlog``).
+BACKLOG = 256
+
+#: Upload bytes kept in memory per request; the rest of a body is spooled to ``$TMPDIR``.
+SPOOL_MEMORY = 256 * 1024
+
+#: Chunk size the spooled body is handed to the multipart parser in.
+REPLAY_CHUNK = 64 * 1024
+
+#: An upload turned away early (503 busy, 413 by ``Content-Length``, 415) is read and dropped
+#: up to this many times the largest accepted body, so the client sees the answer.
+DRAIN_FACTOR = 2
+
+#: ``Retry-After`` (seconds) on a 503 when busy.
+RETRY_AFTER = 1
+
+#: Log lines per second per logger (access and server logs) before lines are dropped.
+LOG_LINES_PER_SECOND = 20
 
 
 # -- what the endpoints answer (for the OpenAPI schema) ------------------------------------
@@ -115,37 +162,88 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for code, what in (
         (400, "The upload is not a readable image."),
         (413, "The upload is larger than the limit."),
+        (408, "The upload was not received in time (slow client)."),
         (415, "Not a multipart upload, or the file is not an image type."),
         (422, "Bad query parameters or no `file` field."),
+        (503, "Busy (too many uploads in flight; see `Retry-After`), or no index loaded "
+              "(/similar, /price)."),
+        (507, "The server is out of temporary space for uploads."),
     )
 }
-_NO_INDEX: dict[int | str, dict[str, Any]] = {
-    503: {"model": ErrorDetail, "description": "No index loaded."}}
+_ERRORS[400]["description"] = ("The upload is empty or not a readable image, or it has "
+                               "more than one file in field `file`.")
+_NO_INDEX: dict[int | str, dict[str, Any]] = {}
 
 
 # -- upload guard (pure ASGI: runs before FastAPI parses the body) ------------------------
 
 
 class UploadGuard:
-    """For POSTs to the upload endpoints: 415 unless multipart/form-data, 413 when the body
-    is over ``max_upload`` + :data:`MULTIPART_OVERHEAD` (from ``Content-Length`` at once, else
-    while reading). The checked body is buffered (bounded by that) and replayed to the app."""
+    """For POSTs to the upload endpoints, before FastAPI parses anything:
 
-    def __init__(self, app: Any, max_upload: int, paths: frozenset[str] = UPLOAD_PATHS) -> None:
+    - 503 (``Retry-After``) at once when ``max_inflight`` uploads are already being read or
+      processed: the excess is turned away instead of queueing (memory stays bounded);
+    - 415 unless multipart/form-data;
+    - 413 when the body is over ``max_upload`` + :data:`MULTIPART_OVERHEAD` (from
+      ``Content-Length`` at once, else while reading);
+    - 408 when the whole body has not arrived within ``body_timeout`` seconds (slow clients);
+    - 507 when the spool cannot be written (``$TMPDIR`` full).
+
+    The body is streamed into a spool (:data:`SPOOL_MEMORY` bytes in memory, the rest in a
+    temporary file), checked while streaming, and replayed to the app in chunks."""
+
+    def __init__(self, app: Any, max_upload: int, paths: frozenset[str] = UPLOAD_PATHS, *,
+                 max_inflight: int = MAX_INFLIGHT, body_timeout: float = BODY_TIMEOUT) -> None:
         self.app = app
         self.max_upload = int(max_upload)
         self.max_body = self.max_upload + MULTIPART_OVERHEAD
         self.paths = paths
+        self.max_inflight = max(1, int(max_inflight))
+        self.body_timeout = float(body_timeout)
+        self.inflight = 0  # one event loop: a plain counter is enough
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope.get("method") != "POST" or \
                 scope.get("path") not in self.paths:
             await self.app(scope, receive, send)
             return
+        if self.inflight >= self.max_inflight:
+            await self._drain(receive)
+            await _reply(scope, receive, send, 503,
+                         f"busy: {self.max_inflight} uploads are being processed, retry in "
+                         f"{RETRY_AFTER} s", {"retry-after": str(RETRY_AFTER)})
+            return
+        self.inflight += 1
+        try:
+            await self._guarded(scope, receive, send)
+        finally:
+            self.inflight -= 1
+
+    async def _drain(self, receive: Any) -> None:
+        """Read and drop the request body (at most ``DRAIN_FACTOR`` x the largest accepted,
+        within the body timeout) before an early answer: a client still sending would
+        otherwise see its connection reset instead of the answer. Costs no memory."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout
+        total = 0
+        while total <= DRAIN_FACTOR * self.max_body:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            try:
+                msg = await asyncio.wait_for(receive(), left)
+            except asyncio.TimeoutError:
+                return
+            if msg["type"] != "http.request" or not msg.get("more_body", False):
+                return
+            total += len(msg.get("body", b""))
+
+    async def _guarded(self, scope: dict, receive: Any, send: Any) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
         ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if ctype != "multipart/form-data":
+            await self._drain(receive)
             await _reply(scope, receive, send, 415,
                          "expected a multipart/form-data upload with the photo in field "
                          f"'file' (got content type '{ctype or 'none'}')")
@@ -158,33 +256,80 @@ class UploadGuard:
                 await _reply(scope, receive, send, 400, "malformed Content-Length header")
                 return
             if n > self.max_body:
+                if n <= DRAIN_FACTOR * self.max_body:
+                    await self._drain(receive)
                 await _reply(scope, receive, send, 413, _too_large(self.max_upload))
                 return
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return
-            body = msg.get("body", b"")
-            total += len(body)
-            if total > self.max_body:
-                await _reply(scope, receive, send, 413, _too_large(self.max_upload))
-                return
-            chunks.append(body)
-            if not msg.get("more_body", False):
-                break
-        data = b"".join(chunks)
-        replayed = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout
+        spool = spool_file()
+        try:
+            total = 0
+            while True:
+                left = deadline - loop.time()
+                try:
+                    if left <= 0:
+                        raise asyncio.TimeoutError
+                    msg = await asyncio.wait_for(receive(), left)
+                except asyncio.TimeoutError:
+                    await _reply(scope, receive, send, 408,
+                                 f"upload not received within {self.body_timeout:g} s",
+                                 {"connection": "close"})
+                    return
+                if msg["type"] == "http.disconnect":
+                    return
+                body = msg.get("body", b"")
+                total += len(body)
+                if total > self.max_body:
+                    await _reply(scope, receive, send, 413, _too_large(self.max_upload))
+                    return
+                if body:
+                    try:
+                        spool.write(body)
+                    except OSError as e:
+                        await _reply(scope, receive, send, *_storage_error(e))
+                        return
+                if not msg.get("more_body", False):
+                    break
+            spool.seek(0)
+            done = False
 
-        async def replay() -> dict:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": data, "more_body": False}
-            return await receive()
+            async def replay() -> dict:
+                nonlocal done
+                if done:
+                    return await receive()
+                chunk = spool.read(REPLAY_CHUNK)
+                more = len(chunk) == REPLAY_CHUNK
+                if not more:
+                    done = True
+                return {"type": "http.request", "body": chunk, "more_body": more}
 
-        await self.app(scope, replay, send)
+            await self.app(scope, replay, send)
+        finally:
+            spool.close()
+
+
+def spool_file() -> Any:
+    """Where an upload's body waits for the parser (module-level so tests can replace it)."""
+    return tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)
+
+
+def _storage_error(e: OSError) -> tuple[int, str]:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return 507, "server out of temporary space, retry later"
+    return 503, f"server cannot store the upload ({e.strerror or type(e).__name__})"
+
+
+def _is_storage_error(exc: BaseException | None) -> OSError | None:
+    """The OSError (disk full, ...) behind an exception, if any."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS,
+                                                      errno.EIO):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
 
 
 def _too_large(limit: int) -> str:
@@ -193,8 +338,10 @@ def _too_large(limit: int) -> str:
         f"upload too large (limit {limit} bytes)"
 
 
-async def _reply(scope: dict, receive: Any, send: Any, status: int, detail: str) -> None:
-    await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
+async def _reply(scope: dict, receive: Any, send: Any, status: int, detail: str,
+                 headers: dict[str, str] | None = None) -> None:
+    await JSONResponse({"detail": detail}, status_code=status, headers=headers)(
+        scope, receive, send)
 
 
 # -- app ----------------------------------------------------------------------------------
@@ -220,6 +367,8 @@ def create_app(
     threads: int | None = None,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
     eager: bool = False,
+    max_inflight: int = MAX_INFLIGHT,
+    body_timeout: float = BODY_TIMEOUT,
 ) -> FastAPI:
     """Build the FastAPI app.
 
@@ -228,6 +377,7 @@ def create_app(
     An explicitly given index that cannot be opened is an error; a missing *default* index
     only disables /similar and /price (503). ``eager``: load now (raising
     :class:`MktError`) instead of at startup, so a command line can fail before serving.
+    ``max_inflight`` / ``body_timeout``: see :class:`UploadGuard` (docs/reliability.md).
     """
     st = _State()
     st.model = model
@@ -267,7 +417,8 @@ def create_app(
     )
     app.state.mkt = st
     _add_docs(app)
-    app.add_middleware(UploadGuard, max_upload=int(max_upload_bytes))
+    app.add_middleware(UploadGuard, max_upload=int(max_upload_bytes),
+                       max_inflight=int(max_inflight), body_timeout=float(body_timeout))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -277,8 +428,23 @@ def create_app(
             parts.append(f"{loc or 'request'}: {err.get('msg', 'invalid')}")
         return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI turns any error while parsing the form into "400 error parsing the body",
+        # a full $TMPDIR included (the parser spools file parts there): that one is ours.
+        oserr = _is_storage_error(exc.__cause__)
+        if oserr is not None:
+            code, detail = _storage_error(oserr)
+            return JSONResponse({"detail": detail}, status_code=code)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        oserr = _is_storage_error(exc)
+        if oserr is not None:
+            code, detail = _storage_error(oserr)
+            return JSONResponse({"detail": detail}, status_code=code)
         return JSONResponse(
             {"detail": f"internal error ({type(exc).__name__})"}, status_code=500
         )
@@ -301,16 +467,25 @@ def create_app(
             raise HTTPException(400, f"{name}: empty upload")
         return name, data
 
-    def answer(flow: Any, file: UploadFile, *, indexed: bool = False, **kw: Any) -> JSONResponse:
-        """Run a runtime flow (``classify_photos``, ``similar_photos``, ``suggest_price``) on
-        the one uploaded photo: its result's JSON, or 400 (413 when too large) with the
-        one-line reason. ``indexed``: the flow searches the index (503 without one)."""
+    def run_flow(flow: Any, file: UploadFile, indexed: bool, kw: dict[str, Any]) -> Any:
         args = (_Locked(need_index()),) if indexed else ()
         name, data = read_upload(file)
         (r,) = list(flow(ready().model, *args, [data], names=[name], **kw))
         if isinstance(r, PhotoError):
             raise HTTPException(413 if isinstance(r.exc, ImageTooLargeError) else 400, r.error)
-        return JSONResponse(r.to_dict())
+        return r.to_dict()
+
+    async def answer(flow: Any, request: Request, file: UploadFile, *, indexed: bool = False,
+                     **kw: Any) -> JSONResponse:
+        """Run a runtime flow (``classify_photos``, ``similar_photos``, ``suggest_price``) on
+        the one uploaded photo (in a worker thread): its result's JSON, or 400 (413 when too
+        large) with the one-line reason. ``indexed``: the flow searches the index (503
+        without one). More than one file in field ``file``: 400 (not: the last one)."""
+        form = await request.form()  # already parsed for ``file``: cached, not read again
+        if len(form.getlist("file")) > 1:
+            raise HTTPException(400, f"{len(form.getlist('file'))} files in field 'file': "
+                                "send one photo per request")
+        return JSONResponse(await run_in_threadpool(run_flow, flow, file, indexed, kw))
 
     def need_index() -> Any:
         s = ready()
@@ -339,8 +514,9 @@ def create_app(
 
     @app.get("/health", response_model=None, responses=_answer(Health, "What is loaded."),
              summary="Liveness + what is loaded")
-    def health() -> JSONResponse:
-        s = ready()
+    async def health() -> JSONResponse:
+        # async: answered on the event loop, never queued behind uploads in the thread pool
+        s = st if st.model is not None else await run_in_threadpool(ready)
         m = s.model
         h = Health("ok", __version__, m.model_id, m.bundle.arch, list(m.labels),
                    m.embedding_dim, int(max_upload_bytes))
@@ -353,32 +529,35 @@ def create_app(
     @app.post("/classify", response_model=None,
               responses={**_answer(ClassifyAnswer, "Top-k categories."), **_ERRORS},
               summary="Top-k categories of a photo")
-    def classify(
+    async def classify(
+        request: Request,
         file: UploadFile = File(..., description="The photo (JPEG, PNG, WebP, ...)."),
         k: int = Query(3, ge=1, le=50, description="How many categories."),
     ) -> JSONResponse:
-        return answer(classify_photos, file, k=k)
+        return await answer(classify_photos, request, file, k=k)
 
     @app.post("/similar", response_model=None,
               responses={**_answer(SimilarResult, "Most similar photos, best first."),
                          **_ERRORS, **_NO_INDEX},
               summary="Most similar catalogue photos")
-    def similar(
+    async def similar(
+        request: Request,
         file: UploadFile = File(..., description="The photo (JPEG, PNG, WebP, ...)."),
         k: int = Query(10, ge=1, le=100, description="How many results."),
     ) -> JSONResponse:
-        return answer(similar_photos, file, indexed=True, k=k)
+        return await answer(similar_photos, request, file, indexed=True, k=k)
 
     @app.post("/price", response_model=None,
               responses={**_answer(PriceSuggestion, "Suggested price and range."),
                          **_ERRORS, **_NO_INDEX},
               summary="Suggested price from the nearest listings")
-    def price(
+    async def price(
+        request: Request,
         file: UploadFile = File(..., description="The photo (JPEG, PNG, WebP, ...)."),
         k: int | None = Query(None, ge=1, le=200,
                               description="How many listings vote (default: the tuned one)."),
     ) -> JSONResponse:
-        return answer(suggest_price, file, indexed=True, k=k)
+        return await answer(suggest_price, request, file, indexed=True, k=k)
 
     return app
 
@@ -430,6 +609,115 @@ def _add_docs(app: FastAPI) -> None:
         return HTMLResponse(body)
 
 
+# -- the server: uvicorn with bounded connections, timeouts and logs -------------------------
+
+
+class RateLimitFilter(logging.Filter):
+    """Lets at most ``per_second`` records a second through; says how many it dropped."""
+
+    def __init__(self, per_second: int = LOG_LINES_PER_SECOND) -> None:
+        super().__init__()
+        self.per_second = max(1, int(per_second))
+        self.window = 0
+        self.count = 0
+        self.dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = int(time.monotonic())
+        if now != self.window:
+            if self.dropped:
+                record.msg = f"({self.dropped} log lines dropped) {record.msg}"
+            self.window, self.count, self.dropped = now, 0, 0
+        self.count += 1
+        if self.count > self.per_second:
+            self.dropped += 1
+            return False
+        return True
+
+
+def guarded_protocol(header_timeout: float = HEADER_TIMEOUT,
+                     max_connections: int = MAX_CONNECTIONS) -> type:
+    """uvicorn's h11 protocol, plus: a connection must send a request head within
+    ``header_timeout`` seconds (at the start and between keep-alive requests; slowloris and
+    half-open connections are closed), and a connection beyond ``max_connections`` open ones
+    is closed at once (file descriptors stay bounded)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._head_timer: Any = None
+            if len(self.connections) > max_connections:
+                transport.close()
+                return
+            self._arm()
+
+        def _arm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            self._head_timer = self.loop.call_later(header_timeout, self._head_timeout)
+
+        def _head_timeout(self) -> None:
+            self._head_timer = None
+            if self.transport.is_closing():
+                return
+            waiting_for_client = self.cycle is None or self.cycle.response_complete
+            if waiting_for_client and self.conn.their_state in (h11.IDLE, h11.SEND_BODY):
+                self.transport.close()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if getattr(self, "_head_timer", None) is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol
+
+
+def make_server(app: Any, host: str = "127.0.0.1", port: int = 8000, *,
+                max_connections: int = MAX_CONNECTIONS,
+                header_timeout: float = HEADER_TIMEOUT,
+                keep_alive: int = KEEP_ALIVE_TIMEOUT,
+                log_level: str = "info", access_log: bool = False) -> Any:
+    """A ``uvicorn.Server`` for ``app`` with the limits of docs/reliability.md: uvicorn's
+    ``limit_concurrency`` (503 at ``max_connections`` open connections or requests),
+    ``timeout_keep_alive``, ``h11_max_incomplete_event_size``, ``backlog``; the request-head
+    timeout of :func:`guarded_protocol`; the access log off unless asked for, and every
+    server log rate-limited (:class:`RateLimitFilter`)."""
+    import uvicorn
+
+    _raise_fd_limit()
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, access_log=access_log,
+        http=guarded_protocol(header_timeout, max_connections),
+        limit_concurrency=int(max_connections), timeout_keep_alive=int(keep_alive),
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES, backlog=BACKLOG,
+        timeout_graceful_shutdown=5,
+    )
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logging.getLogger(name).addFilter(RateLimitFilter())
+    return uvicorn.Server(config)
+
+
+def _raise_fd_limit() -> None:
+    """Soft file-descriptor limit up to the hard one (connections need one each)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE,
+                               (hard if hard != resource.RLIM_INFINITY else 65536, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def _env_app() -> FastAPI:
     """``uvicorn mkt.serve:app``: bundle/index from ``MKT_BUNDLE`` / ``MKT_INDEX`` if set."""
     b = os.environ.get("MKT_BUNDLE")
@@ -443,4 +731,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'mkt.serve' has no attribute {name!r}")
 
 
-__all__ = ["MAX_UPLOAD_BYTES", "UploadGuard", "create_app"]
+__all__ = ["MAX_UPLOAD_BYTES", "RateLimitFilter", "UploadGuard", "create_app", "guarded_protocol",
+           "make_server"]

@@ -240,3 +240,74 @@ def test_serve_busy_port_is_one_line_exit_2(bundle_dir):
     assert res.stderr.strip() == f"mkt: error: port {port} on 127.0.0.1 is in use (pick " \
         "another with --port N)"
     assert res.stdout == ""
+
+
+# -- Reliability II: one file per field, full $TMPDIR, busy ----------------------------------
+
+
+def test_400_several_files_in_field(client, photo):
+    """Several files in field `file`: 400 saying so (it used to classify the last one)."""
+    files = [("file", ("a.jpg", photo, "image/jpeg")), ("file", ("b.jpg", photo, "image/jpeg"))]
+    r = client.post("/classify", files=files)
+    assert r.status_code == 400 and "2 files in field 'file'" in r.json()["detail"]
+
+
+def test_507_when_tmpdir_is_full(client, photo, monkeypatch):
+    """No space left for the upload spool (ours or the multipart parser's): 507, not 400."""
+    import errno
+
+    import starlette.formparsers as fp
+
+    import mkt.serve as ms
+
+    class Full:
+        def __init__(self, *a, **k):
+            pass
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            pass
+
+    with monkeypatch.context() as m:
+        m.setattr(ms, "spool_file", Full)
+        r = client.post("/classify", files=up(photo))
+        assert r.status_code == 507 and "temporary space" in r.json()["detail"]
+    with monkeypatch.context() as m:  # the parser's own spool (FastAPI says "400 parsing")
+        m.setattr(fp, "SpooledTemporaryFile", Full)
+        r = client.post("/classify", files=up(photo))
+        assert r.status_code == 507 and "temporary space" in r.json()["detail"]
+    assert client.post("/classify", files=up(photo)).status_code == 200
+
+
+def test_503_busy_with_retry_after(photo):
+    """Uploads beyond `max_inflight` are turned away at once: 503 + Retry-After."""
+    from mkt.serve import UploadGuard
+
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(scope["path"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    guard = UploadGuard(app, 10_000_000, max_inflight=2)
+    c = TestClient(guard)  # not entered: no lifespan
+    assert c.post("/classify", files=up(photo)).status_code == 204
+    guard.inflight = 2  # two uploads being processed
+    r = c.post("/classify", files=up(photo))
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert "busy" in r.json()["detail"]
+    assert c.get("/health").status_code == 204  # not an upload: not limited
+    assert seen == ["/classify", "/health"]
+
+
+def test_rate_limited_log():
+    import logging
+
+    from mkt.serve import RateLimitFilter
+
+    f = RateLimitFilter(per_second=5)
+    rec = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, "x", None, None)
+    assert sum(f.filter(rec) for _ in range(1000)) <= 10  # <= 5 a second (a 2-s window)

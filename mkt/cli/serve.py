@@ -30,24 +30,45 @@ def serve_command(
         "--max-upload-mb", min=0.01, metavar="MB", help="Largest accepted upload.")] = 10.0,
     log_level: Annotated[str, typer.Option("--log-level", metavar="LEVEL",
                                            help="uvicorn log level.")] = "info",
+    max_inflight: Annotated[int, typer.Option(
+        "--max-inflight", min=1, max=1024, metavar="N", envvar="MKT_SERVE_MAX_INFLIGHT",
+        help="Uploads read or processed at once; more get 503 with Retry-After.")] = 8,
+    max_connections: Annotated[int, typer.Option(
+        "--max-connections", min=2, max=100_000, metavar="N",
+        envvar="MKT_SERVE_MAX_CONNECTIONS",
+        help="Open connections: at N requests get 503, beyond N new ones are closed.")] = 200,
+    body_timeout: Annotated[float, typer.Option(
+        "--body-timeout", min=0.1, metavar="S", envvar="MKT_SERVE_BODY_TIMEOUT",
+        help="Seconds to send a whole upload (else 408).")] = 30.0,
+    header_timeout: Annotated[float, typer.Option(
+        "--header-timeout", min=0.1, metavar="S", envvar="MKT_SERVE_HEADER_TIMEOUT",
+        help="Seconds to send a request's headers (else the connection is closed).")] = 10.0,
+    keep_alive: Annotated[int, typer.Option(
+        "--keep-alive", min=1, metavar="S", envvar="MKT_SERVE_KEEP_ALIVE",
+        help="Seconds an idle keep-alive connection stays open.")] = 5,
+    access_log: Annotated[bool, typer.Option(
+        "--access-log/--no-access-log", envvar="MKT_SERVE_ACCESS_LOG",
+        help="Log every request (rate-limited to 20 lines/s).")] = False,
 ) -> None:
     """Serve the model over HTTP (FastAPI; needs the `serve` extra).
 
     POST /classify, /similar, /price with the photo as multipart field `file`; GET /health;
-    interactive docs at /docs.
+    interactive docs at /docs. Limits (connections, uploads in flight, timeouts) are
+    documented in docs/reliability.md.
     """
     require_extra("serve", "serve", "fastapi", "uvicorn", "multipart")
-    import uvicorn
-
-    from ..serve import create_app
+    from ..serve import create_app, make_server
 
     check_port(host, port)
     if host not in LOOPBACK:
         warn_line(f"listening on {host}: reachable from other machines; there is no "
                   "authentication, put it behind a proxy")
     app = create_app(bundle=bundle, index=index, threads=threads,
-                     max_upload_bytes=int(max_upload_mb * 1024 * 1024), eager=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+                     max_upload_bytes=int(max_upload_mb * 1024 * 1024), eager=True,
+                     max_inflight=max_inflight, body_timeout=body_timeout)
+    make_server(app, host, port, max_connections=max_connections,
+                header_timeout=header_timeout, keep_alive=keep_alive, log_level=log_level,
+                access_log=access_log).run()
 
 
 def check_port(host: str, port: int) -> None:
