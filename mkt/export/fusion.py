@@ -2,7 +2,8 @@
 
     python -m mkt.export.fusion --bundle DIR --data /work/data/clean --out DIR [--text-dir D]
 
-1. Features (cached in ``<out>/fusion_features.npz`` keyed by model ids): every photo of the
+1. Features (cached in ``--cache``, default ``$TMPDIR/mkt-fusion/features-<model_id>.npz``,
+   keyed by model ids and data dir; never in the bundle): every photo of the
    cleaned data dir through the bundle's image model (``logits``, ``embedding``), and the
    MiniLM embedding of every listing title, from the bundle's own text model (manifest
    ``"text"``) or ``--text-dir`` (a folder with ``text.*.onnx`` + ``tokenizer.json``).
@@ -21,7 +22,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -113,10 +113,10 @@ def extract_features(bundle_dir: Path, data: Path, cache: Path, text_dir: Path |
     res = {
         "key": np.array(key),
         "photo_ids": np.array(pids),
-        "photo_product_ids": photos["product_id"].astype(str).to_numpy(),
-        "product_ids": lst["product_id"].astype(str).to_numpy(),
-        "split": lst["split"].astype(str).to_numpy(),
-        "category": lst["category"].astype(str).to_numpy(),
+        "photo_product_ids": photos["product_id"].astype(str).to_numpy(dtype=str),
+        "product_ids": lst["product_id"].astype(str).to_numpy(dtype=str),
+        "split": lst["split"].astype(str).to_numpy(dtype=str),
+        "category": lst["category"].astype(str).to_numpy(dtype=str),
         "price": lst["price"].astype(float).to_numpy(),
         "title_emb": temb.astype(np.float32),
         "labels": np.array(model.labels),
@@ -258,16 +258,21 @@ def fit_price(f: dict[str, Any], L: dict[str, np.ndarray],
 
 
 def fit_fusion(bundle: str | Path, data: str | Path, out: str | Path,
-               text_dir: str | Path | None = None,
+               text_dir: str | Path | None = None, cache: str | Path | None = None,
                log: Callable[[str], None] = _log) -> dict[str, Any]:
-    """Everything above; writes ``fusion.npz`` + ``fusion.json`` into ``out``."""
+    """Everything above; writes ``fusion.npz`` + ``fusion.json`` into ``out`` (the bundle
+    dir, normally: then re-hash the manifest's ``files``)."""
+    import tempfile
+
     from mkt.runtime import fsutil
     from mkt.runtime.bundle import load_bundle
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     b = load_bundle(bundle)
-    f = extract_features(Path(bundle), Path(data), out / "fusion_features.npz",
+    cache = Path(cache) if cache else (Path(tempfile.gettempdir()) / "mkt-fusion"
+                                       / f"features-{b.model_id}.npz")
+    f = extract_features(Path(bundle), Path(data), cache,
                          Path(text_dir) if text_dir else None, log=log)
     L = listing_features(f)
     cat_arrays, cat_rep = fit_category(f, L, log)
@@ -292,9 +297,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--bundle", type=Path, required=True)
     ap.add_argument("--data", type=Path, default=Path("/work/data/clean"))
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--text-dir", type=Path, default=None)
+    ap.add_argument("--text-dir", type=Path, default=None,
+                    help="text model dir, when the bundle has no 'text' section yet")
+    ap.add_argument("--cache", type=Path, default=None, help="feature cache file (.npz)")
     a = ap.parse_args(argv)
-    rep = fit_fusion(a.bundle, a.data, a.out, a.text_dir)
+    rep = fit_fusion(a.bundle, a.data, a.out, a.text_dir, a.cache)
     c, p = rep["category"], rep["price"]
     print(json.dumps({"category": {k: c[k] for k in ("chosen", "val_top1", "test_top1",
                                                      "photo_only", "title_only_C1")},
@@ -306,5 +313,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":
     raise SystemExit(main())
 
-
-_ = math  # (kept for callers that expect math in this module's namespace)
