@@ -77,6 +77,59 @@ def test_candidate_pairs_hnsw_path_matches_exact():
     assert np.allclose(s1, s2, atol=1e-5)
 
 
+def _lookalikes(n: int, dim: int = 64, seed: int = 0) -> np.ndarray:
+    """``n`` near-copies of one vector (cosine > 0.99 to each other): the worst case."""
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal(dim).astype(np.float32)
+    return base + 0.01 * rng.standard_normal((n, dim)).astype(np.float32)
+
+
+def test_knn_pairs_exact_and_hnsw_agree_and_match_all_pairs():
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((200, 32)).astype(np.float32)
+    vecs = np.concatenate([base, base[:50] + 0.01 * rng.standard_normal((50, 32)),
+                           base[:5] + 0.02 * rng.standard_normal((5, 32))])
+    every, s0 = D.candidate_pairs(vecs, 0.95)  # groups smaller than k: the same pairs
+    exact, s1 = D.knn_pairs(vecs, 0.95, neighbours=8)
+    approx, s2 = D.knn_pairs(vecs, 0.95, neighbours=8, exact_limit=10)
+    assert exact.tolist() == approx.tolist() == every.tolist() and len(exact) == 60
+    assert np.allclose(s0, s1, atol=1e-5) and np.allclose(s1, s2, atol=1e-5)
+    assert D.knn_pairs(vecs[:1], 0.5)[0].shape == (0, 2)
+
+
+@pytest.mark.parametrize("exact_limit", [D.EXACT_KNN_LIMIT, 0])
+def test_knn_pairs_bounded_on_lookalikes(exact_limit):
+    """1,500 near-copies: at most k pairs a photo (not n^2/2 = 1.1 M), all one group."""
+    n, k = 1500, 16
+    pairs, scores = D.knn_pairs(_lookalikes(n), 0.9, neighbours=k, exact_limit=exact_limit)
+    assert len(pairs) <= k * n and (scores >= 0.9).all()
+    groups = D.group_pairs(n, [D.DupePair(a, b, s) for (a, b), s in
+                               zip(pairs.tolist(), scores.tolist(), strict=True)])
+    assert [len(g.members) for g in groups] == [n]
+
+
+def test_find_duplicates_memory_not_quadratic():
+    """tracemalloc peak of find_duplicates on n vs 2n look-alike photos (with hashes): the
+    all-pairs version grew ~4x (n^2 pairs); k nearest neighbours grow ~2x."""
+    import tracemalloc
+
+    def peak(n: int) -> int:
+        vecs = _lookalikes(n)
+        hashes = [np.zeros(8, np.uint8)] * n
+        tracemalloc.start()
+        try:
+            groups = D.find_duplicates(vecs, hashes=hashes)
+            _, top = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert [len(g.members) for g in groups] == [n]
+        assert len(groups[0].pairs) <= D.HNSW_NEIGHBOURS * n
+        return top
+
+    small, large = peak(600), peak(1200)
+    assert large / small < 2.8, (small, large)
+
+
 def test_rule_accept_array_matches_accept():
     rule = D.DupeRule(0.9, 10, 0.99)
     s = np.array([0.8, 0.92, 0.92, 0.995, 0.95])

@@ -6,9 +6,14 @@ Two photos are duplicates when their embeddings are nearly identical (cosine sim
 same item (same listing, shot a second apart) with a re-encoded copy; the hash, which looks at
 the picture's coarse layout rather than what is in it, separates them.
 
-Pairs are found exactly (chunked matrix product) up to :data:`BRUTE_FORCE_LIMIT` photos and
-with hnswlib beyond, then joined into groups with union-find. Everything works on arrays so
-the CLI, the server and ``benchmarks/eval_dupes.py`` share one implementation.
+Candidate pairs are each photo's :data:`HNSW_NEIGHBOURS` nearest neighbours (exactly, by a
+chunked matrix product, up to :data:`EXACT_KNN_LIMIT` photos; through a temporary in-memory
+hnswlib index beyond), checked by the rule (vectorised), then joined into groups with
+union-find: time and memory grow with ``k x n``, not ``n^2``, however alike the photos are
+(4,000 copies of one picture used to make 8 million pairs). A group larger than ``k`` is still
+joined through shared members. :func:`candidate_pairs` (every pair above a threshold,
+quadratic on look-alikes) stays for calibration (``benchmarks/eval_dupes.py``). Everything
+works on arrays so the CLI, the server and the benchmarks share one implementation.
 """
 
 from __future__ import annotations
@@ -44,8 +49,13 @@ DEFAULT_SURE_THRESHOLD: float | None = 0.97
 #: Up to this many photos, all pairs are compared exactly; above it hnswlib finds neighbours.
 BRUTE_FORCE_LIMIT = 20_000
 
-#: hnswlib neighbours a photo when the collection is too big for the exact search.
+#: Neighbours a photo is compared with (:func:`knn_pairs`; and by :func:`candidate_pairs` when
+#: the collection is too big for its exact search).
 HNSW_NEIGHBOURS = 64
+
+#: Up to this many photos :func:`knn_pairs` finds the neighbours exactly (matrix product,
+#: ``n^2 d`` flops, ``chunk x n`` memory); beyond, through a temporary hnswlib index.
+EXACT_KNN_LIMIT = 2048
 
 HASH_SIZE = 8
 
@@ -208,6 +218,53 @@ def candidate_pairs(vectors: np.ndarray, threshold: float, *, chunk: int = 2048,
     return pairs[order], scores[order]
 
 
+def knn_pairs(vectors: np.ndarray, threshold: float, *,
+              neighbours: int = HNSW_NEIGHBOURS, exact_limit: int = EXACT_KNN_LIMIT,
+              chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs ``i < j`` with cosine ``>= threshold`` where ``j`` is among ``i``'s
+    ``neighbours`` nearest or ``i`` among ``j``'s: ``(pairs int64 [P,2], scores [P])``, sorted,
+    ``P <= neighbours x n``. Exact neighbours up to ``exact_limit`` vectors, a temporary
+    in-memory hnswlib index beyond. Memory ``O(k n)`` (plus ``chunk x n`` when exact)."""
+    v = np.asarray(vectors, np.float32)
+    n = len(v)
+    if n < 2:
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
+    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    k = max(1, min(n - 1, int(neighbours)))
+    if n <= exact_limit:
+        rows: list[np.ndarray] = []
+        cols: list[np.ndarray] = []
+        sims: list[np.ndarray] = []
+        for start in range(0, n, chunk):
+            s = v[start : start + chunk] @ v.T
+            r = np.arange(start, start + len(s))
+            s[r - start, r] = -np.inf  # not itself
+            top = np.argpartition(-s, k - 1, axis=1)[:, :k] if k < n - 1 else \
+                np.argsort(-s, axis=1)[:, : n - 1]
+            rows.append(np.repeat(r, top.shape[1]))
+            cols.append(top.ravel())
+            sims.append(np.take_along_axis(s, top, axis=1).ravel())
+        r, c, sc = np.concatenate(rows), np.concatenate(cols), np.concatenate(sims)
+    else:
+        import hnswlib
+
+        h = hnswlib.Index(space="cosine", dim=v.shape[1])
+        h.init_index(max_elements=n, ef_construction=200, M=16, random_seed=0)
+        h.add_items(v, np.arange(n))
+        kq = min(n, k + 1)
+        h.set_ef(max(2 * kq, 64))
+        labels, dists = h.knn_query(v, k=kq)
+        del h
+        r = np.repeat(np.arange(n), kq)
+        c = labels.ravel().astype(np.int64)
+        sc = (1.0 - dists).ravel()
+    keep = (sc >= threshold) & (c != r)
+    r, c, sc = r[keep], c[keep], sc[keep].astype(np.float32)
+    a, b = np.minimum(r, c).astype(np.int64), np.maximum(r, c).astype(np.int64)
+    _, first = np.unique(a * n + b, return_index=True)  # sorted by (a, b)
+    return np.stack([a[first], b[first]], axis=1), sc[first]
+
+
 # -- grouping -----------------------------------------------------------------------------
 
 
@@ -273,22 +330,27 @@ def find_duplicates(
     hashes: np.ndarray | Sequence[np.ndarray | None] | None = None,
     rule: DupeRule | None = None,
     extra_pairs: Sequence[DupePair] = (),
+    neighbours: int = HNSW_NEIGHBOURS,
 ) -> list[DupeGroup]:
     """Groups of duplicate photos among ``vectors`` (L2-normalised embeddings, one a photo).
 
     ``hashes``: packed dHash per photo (:func:`dhash`; None entries = unknown), or None to
     decide on the embedding alone. ``extra_pairs``: candidate pairs found elsewhere (e.g.
     against a catalogue index, with positions beyond ``len(vectors)``), checked by the same
-    rule and joined into the same groups.
+    rule and joined into the same groups. ``neighbours``: candidates per photo
+    (:func:`knn_pairs`); time and memory grow with ``neighbours x len(vectors)``.
     """
     rule = rule or DupeRule()
     v = np.asarray(vectors, np.float32)
-    idx, scores = candidate_pairs(v, rule.search_threshold)
-    accepted: list[DupePair] = []
-    for (a, b), s in zip(idx.tolist(), scores.tolist(), strict=True):
-        hd = _hash_distance(hashes, a, b)
-        if rule.accept(s, hd):
-            accepted.append(DupePair(int(a), int(b), float(s), hd))
+    idx, scores = knn_pairs(v, rule.search_threshold, neighbours=neighbours)
+    hd = _pair_hash_distances(hashes, idx, len(v))
+    ok = rule.accept_array(scores, hd)
+    accepted: list[DupePair] = [
+        DupePair(int(a), int(b), float(s), None if h < 0 else int(h))
+        for (a, b), s, h in zip(idx[ok].tolist(), scores[ok].tolist(),
+                                (hd[ok] if hd is not None else np.full(int(ok.sum()), -1)).tolist(),
+                                strict=True)
+    ]
     for p in extra_pairs:
         if rule.accept(p.score, p.hash_distance):
             accepted.append(p)
@@ -296,13 +358,24 @@ def find_duplicates(
     return group_pairs(n, accepted)
 
 
-def _hash_distance(hashes: Any, a: int, b: int) -> int | None:
+def _pair_hash_distances(hashes: Any, pairs: np.ndarray, n: int) -> np.ndarray | None:
+    """dHash distances of ``pairs`` (-1 where a hash is unknown), or None without hashes."""
     if hashes is None:
         return None
-    ha, hb = hashes[a], hashes[b]
-    if ha is None or hb is None:
-        return None
-    return int(hamming(ha, hb))
+    known = [h for h in list(hashes)[:n] if h is not None]
+    if not known:
+        return np.full(len(pairs), -1, np.int64)
+    width = len(np.asarray(known[0], np.uint8).ravel())
+    mat = np.zeros((n, width), np.uint8)
+    have = np.zeros(n, bool)
+    for i, h in enumerate(list(hashes)[:n]):
+        if h is not None:
+            mat[i] = np.asarray(h, np.uint8).ravel()
+            have[i] = True
+    a, b = pairs[:, 0], pairs[:, 1]
+    d = _POP[np.bitwise_xor(mat[a], mat[b])].sum(axis=1).astype(np.int64)
+    d[~(have[a] & have[b])] = -1
+    return d
 
 
 # -- the whole flow: photo sources in, groups out ---------------------------------------------
@@ -510,6 +583,7 @@ __all__ = [
     "DEFAULT_MAX_HASH_DISTANCE",
     "DEFAULT_SURE_THRESHOLD",
     "DEFAULT_THRESHOLD",
+    "EXACT_KNN_LIMIT",
     "DupeGroup",
     "DupeMatch",
     "DupePair",
@@ -524,4 +598,5 @@ __all__ = [
     "find_duplicates",
     "group_pairs",
     "hamming",
+    "knn_pairs",
 ]
