@@ -35,6 +35,20 @@ import int8_common as C  # noqa: E402
 from mkt.export.quantize import ImageReader, QuantConfig, preprocess, quantize_int8  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+NOTES = """## Reading this
+
+* The U8S8 kernels on AVX2 (no VNNI) saturate: with 8-bit weights the int8 model is far from its
+  own exact QDQ emulation ("emulated vs kernels" row); with 7-bit weights (reduce_range) the
+  kernels match the emulation, and all the remaining error is the quantisation grid.
+* Of that grid error, the 7-bit weights are the largest part: the same model emulated with 8-bit
+  weights is much closer to fp32. The 1x1 project convs (linear bottleneck, fed by a ReLU6) have
+  the lowest weight SQNR, then the Gemm head, the depthwise and the expand convs.
+* "Clip" rows with ~0 dB own-rounding error are not rounding: the quantiser drops each ReLU6 and
+  lets the quantised range [0, 6] do the clipping, so the "pre-QDQ" tensor is the unclipped Conv
+  output. Read their accumulated (xmodel) column instead.
+* Accumulated error grows through the trunk and is worst at the project conv outputs of blocks
+  4-10 (the residual stream, wide ranges, per-tensor 8-bit).
+"""
 
 
 def node_kind(n: onnx.NodeProto, first_conv: str) -> str:
@@ -80,7 +94,7 @@ def main() -> None:
             w_owner[n.input[1]] = n
     t_owner = {o: n for n in g.node for o in n.output}
 
-    lines = [f"# int8 sensitivity: {a.model} ({fp.name})", ""]
+    lines = [f"# int8 sensitivity: {a.model} ({fp.name})", "", NOTES]
     qpaths = {}
     werr = {}
     for rr in (True, False):

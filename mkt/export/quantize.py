@@ -309,6 +309,23 @@ def _a7_overrides(graph: onnx.GraphProto, excluded: list[str], cache: Path,
     return out
 
 
+def _jsonable(extra: dict[str, Any]) -> dict[str, Any]:
+    """extra_options for the report/manifest: plain JSON, TensorQuantOverrides summarised."""
+    out: dict[str, Any] = {}
+    for k, v in extra.items():
+        if k == "TensorQuantOverrides":
+            v = v or {}
+            out[k] = {"tensors": len(v),
+                      "weights_7bit": sum(1 for o in v.values() if o and o[0].get("reduce_range")),
+                      "activations_fixed_scale": sum(1 for o in v.values()
+                                                     if o and "scale" in o[0])}
+        elif isinstance(v, np.generic):
+            out[k] = v.item()
+        else:
+            out[k] = v
+    return out
+
+
 def fold_clips(model: onnx.ModelProto) -> int:
     """``DequantizeLinear -> Clip -> QuantizeLinear`` with one scale/zero-point on both sides:
     the Clip on the uint8 tensor itself (or nothing, when it clips nothing the type does not).
@@ -458,7 +475,7 @@ def quantize_int8(pre_path: str | Path, out_path: str | Path, calib: np.ndarray,
         "config": cfg.to_dict(),
         "format": cfg.quant_format,
         "weight_type": cfg.weight_type,
-        "extra_options": extra,
+        "extra_options": _jsonable(extra),
         "calibration_photos": len(calib),
         "nodes_excluded": excluded,
         "conv_gemm_total": len(convs),
