@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 MAX_VALID_PRICE = 100_000.0
-C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 FEATURE_SETS = ("logp+title", "logp+emb+title")
 ALPHA_GRID = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
 K_GRID = (10, 20, 40)
