@@ -82,6 +82,8 @@ def tries() -> list[tuple[str, QuantConfig]]:
     add("S8S8: S8 activations, 8-bit weights", "s8s8-w8")
     T.append(("**the recipe** (mkt.export.quantize.default_recipe): a7proj + stem conv fp32",
               default_recipe()))
+    T.append(("the recipe with Percentile 99.999 calibration", default_recipe("percentile")))
+    T.append(("the recipe with Entropy calibration", default_recipe("entropy")))
     return T
 
 

@@ -250,6 +250,13 @@ def nodes_to_exclude(graph: onnx.GraphProto, exclude: str, fp32_ops: tuple[str, 
     return sorted(set(names))
 
 
+def _num(v: Any) -> float:
+    """One number from a calibration cache entry (``{"data": [x], ...}`` or a plain number)."""
+    if isinstance(v, dict):
+        v = v.get("data", v.get("value"))
+    return float(np.asarray(v, dtype=np.float64).reshape(-1)[0])
+
+
 def _a7_overrides(graph: onnx.GraphProto, excluded: list[str], cache: Path,
                   activation_type: str, keep_clips: bool,
                   mode: str = "all") -> dict[str, list[dict[str, Any]]]:
@@ -278,8 +285,8 @@ def _a7_overrides(graph: onnx.GraphProto, excluded: list[str], cache: Path,
             axis = 0 if n.op_type == "Conv" or trans_b else 1
             out[n.input[1]] = [{"axis": axis, "reduce_range": True}]
             continue
-        lo = min(float(data[n.input[0]]["lowest"]["data"][0]), 0.0)
-        hi = max(float(data[n.input[0]]["highest"]["data"][0]), 0.0)
+        lo = min(_num(data[n.input[0]]["lowest"]), 0.0)
+        hi = max(_num(data[n.input[0]]["highest"]), 0.0)
         scale = max(hi - lo, 1e-8) / 127.0
         if activation_type == "QUInt8":
             zp = np.array(int(np.clip(round(-lo / scale), 0, 127)), dtype=np.uint8)
@@ -297,8 +304,8 @@ def _a7_overrides(graph: onnx.GraphProto, excluded: list[str], cache: Path,
             if n.output[0] in out:
                 q = out[n.output[0]][0]
             else:
-                lo = min(float(data[n.output[0]]["lowest"]["data"][0]), 0.0)
-                hi = max(float(data[n.output[0]]["highest"]["data"][0]), 0.0)
+                lo = min(_num(data[n.output[0]]["lowest"]), 0.0)
+                hi = max(_num(data[n.output[0]]["highest"]), 0.0)
                 if len(n.input) > 2 and n.input[2] in inits_v:  # the Clip's own max
                     hi = min(hi, float(onnx.numpy_helper.to_array(inits_v[n.input[2]])))
                 sc = max(hi - lo, 1e-8) / 255.0
