@@ -152,3 +152,48 @@ def test_quant_config_new_fields_roundtrip():
     c = QuantConfig("x", fp32_ops=("Add",), fp32_layers=("stem",), w8_depthwise=True)
     d = c.to_dict()
     assert d["fp32_ops"] == ("Add",) and d["w8_depthwise"] and d["quant_format"] == "QDQ"
+
+
+def _bundle(d: Path, fp32: Path, int8: Path) -> Path:
+    import shutil
+
+    from mkt.runtime.bundle import write_manifest
+    from mkt.runtime.preprocess import Preprocess
+
+    d.mkdir()
+    shutil.copyfile(fp32, d / "model.fp32.onnx")
+    shutil.copyfile(int8, d / "model.int8.onnx")
+    write_manifest(d, {"model_id": "0123456789abcdef", "arch": "tiny",
+                       **Preprocess(size=SIZE, mean=(0.5,) * 3, std=(0.5,) * 3).to_manifest(),
+                       "labels": [f"c{i}" for i in range(13)], "embedding_dim": 16,
+                       "outputs": {"logits": "logits", "embedding": "embedding"},
+                       "models": {"int8": "model.int8.onnx", "fp32": "model.fp32.onnx"},
+                       "default": "int8"})
+    return d
+
+
+def test_bench_parity_cli_fails_on_a_badly_calibrated_bundle(tiny, tmp_path):
+    """`mkt bench --parity`: exit 0 and the numbers for a well calibrated int8 model, exit 1
+    when the bundle's int8 model is replaced by a badly calibrated one."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from mkt.cli import app
+
+    fp32, pre, calib, paths, _ = tiny
+    good, bad = tmp_path / "good.onnx", tmp_path / "bad.onnx"
+    quantize_int8(pre, good, calib, default_recipe())
+    quantize_int8(pre, bad, (128 + (calib.astype(np.int16) - 128) // 16).astype(np.uint8),
+                  default_recipe())
+    photos = str(paths[0].parent)
+    out = {}
+    for name, q in (("good", good), ("bad", bad)):
+        b = _bundle(tmp_path / name, fp32, q)
+        res = CliRunner().invoke(app, ["bench", "--parity", "--bundle", str(b), "--photos",
+                                       photos, "--json", "--threads", "1"])
+        assert "Traceback" not in res.output
+        out[name] = (res.exit_code, json.loads(res.stdout))
+    assert out["good"][0] == 0 and out["good"][1]["meets_targets"], out["good"]
+    assert out["bad"][0] == 1 and not out["bad"][1]["meets_targets"]
+    assert out["good"][1]["n"] == len(paths) and out["good"][1]["cpu"]["flags"]

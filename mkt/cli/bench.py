@@ -10,11 +10,59 @@ from typing import Annotated
 
 import typer
 
+from ..runtime.errors import MktError
 from .options import BundleOpt, ThreadsOpt, command
 
 
 def register(app: typer.Typer) -> None:
     command(app, "bench")(bench_command)
+
+
+def _parity(bundle: Path | None, photos: list[Path] | None, threads: int | None,
+            as_json: bool, out: Path | None) -> None:
+    """``mkt bench --parity``: int8 vs fp32 of one bundle on this CPU."""
+    import json
+
+    from ..runtime.bundle import load_bundle, packaged_asset
+    from ..runtime.fsutil import atomic_write_text
+    from ..runtime.images import is_image_file
+    from ..runtime.parity import bundle_parity
+    from ..runtime.precision import cpu_features
+
+    b = load_bundle(bundle)
+    dirs = photos or [packaged_asset("parity")]
+    files = sorted(p for d in dirs for p in Path(d).iterdir() if is_image_file(p))
+    if not files:
+        raise typer.BadParameter("no photos found", param_hint="--photos")
+    try:
+        models = {v: b.model_path(v) for v in ("int8", "fp32")}
+    except MktError as e:
+        raise MktError(f"{e}; --parity needs a bundle with both precisions") from None
+    r = bundle_parity(models, files, b.preprocess.load, threads=threads,
+                      outputs=(b.logits_name, b.embedding_name))
+    r["cpu"] = cpu_features()
+    r["bundle"] = str(b.path)
+    text = json.dumps(r, indent=None if as_json else 2)
+    if out is not None:
+        atomic_write_text(out, json.dumps(r, indent=2) + "\n")
+    if as_json:
+        sys.stdout.write(text + "\n")
+    else:
+        flags = [k for k, v in r["cpu"].get("flags", {}).items() if v]
+        ms = r["ms_per_photo"]
+        sys.stdout.write(
+            f"int8 vs fp32 on {r['n']} photos, CPU {r['cpu'].get('model', '?')} "
+            f"({', '.join(flags) or 'no AVX2'})\n"
+            f"  top-1 agreement   {r['top1_agreement']:.4f}\n"
+            f"  embedding cosine  mean {r['cosine_mean']:.4f}, 1st percentile "
+            f"{r['cosine_p1']:.4f}, min {r['cosine_min']:.4f}\n"
+            f"  ms per photo      int8 {ms['int8']:.2f}, fp32 {ms['fp32']:.2f} "
+            f"(int8 {ms['fp32'] / ms['int8']:.2f}x)\n"
+            f"  targets           {'met' if r['meets_targets'] else 'MISSED'} "
+            f"{json.dumps(r['targets'])}\n")
+    sys.stdout.flush()
+    if not r["meets_targets"]:
+        raise typer.Exit(1)
 
 
 def bench_command(
@@ -51,6 +99,10 @@ def bench_command(
         "--variant", metavar="NAME",
         help="Precision to run: int8 or fp32 (default: the faster one on this CPU).")
     ] = None,
+    parity: Annotated[bool, typer.Option(
+        "--parity", help="Only compare the bundle's int8 model with its fp32 model on this "
+        "CPU (top-1 agreement, embedding cosine, speed) on the packaged parity photos or "
+        "--photos. Exit 1 when the targets are missed.")] = False,
 ) -> None:
     """Benchmark the runtime: latency (end to end / model only), indexing throughput, 12 MP
     JPEG, cold start, peak RSS.
@@ -62,6 +114,9 @@ def bench_command(
     from ..runtime.fsutil import atomic_write_text
 
     t0 = time.monotonic()
+    if parity:
+        _parity(bundle, photos, threads, as_json, out)
+        return
 
     def log(msg: str) -> None:  # stderr, also with --json (stdout holds only the JSON)
         sys.stderr.write(f"mkt: bench: [{time.monotonic() - t0:3.0f} s] {msg}\n")

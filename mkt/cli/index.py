@@ -10,7 +10,16 @@ from typing import Annotated, Any
 import typer
 
 from .errors import err_line
-from .options import BatchOpt, BundleOpt, JsonOpt, ThreadsOpt, command, load_model, new_app
+from .options import (
+    BatchOpt,
+    BundleOpt,
+    JsonOpt,
+    PrecisionOpt,
+    ThreadsOpt,
+    command,
+    load_model,
+    new_app,
+)
 from .output import ProgressBar, console, emit_json, show_kv
 
 index_app = new_app(help="Build and maintain similarity indexes (hnswlib + sqlite).")
@@ -48,6 +57,7 @@ def index_build_command(
                                     help="hnsw default search breadth.")] = 64,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing index.")] = False,
     threads: ThreadsOpt = None,
+    precision: PrecisionOpt = None,
 ) -> None:
     """Embed every photo of SOURCE and write a new index (bad photos reported and skipped)."""
     from ..runtime.errors import MktError
@@ -56,7 +66,7 @@ def index_build_command(
 
     if (out / INDEX_JSON).exists() and not force:  # before loading the model
         raise MktError(f"{out}: an index already exists (use --force, or `mkt index add`)")
-    model = load_model(bundle, threads)
+    model = load_model(bundle, threads, precision)
     rep = _with_progress(build_index, model, source, out, M=m, ef_construction=ef_construction,
                          ef=ef, overwrite=force, batch_size=batch,
                          command=" ".join(["mkt", *sys.argv[1:]]))
@@ -75,12 +85,13 @@ def index_add_command(
     bundle: BundleOpt = None,
     batch: BatchOpt = 32,
     threads: ThreadsOpt = None,
+    precision: PrecisionOpt = None,
 ) -> None:
     """Add photos (id = file stem; an existing id is replaced) to an index."""
     from ..runtime.indexing import add_to_index
     from .options import open_index
 
-    model = load_model(bundle, threads)
+    model = load_model(bundle, threads, precision)
     idx = open_index(index, model)
     rep = _with_progress(add_to_index, model, idx, sources, batch_size=batch)
     sys.stderr.write(f"mkt: added {rep.added} photos; index now has {idx.count}\n")

@@ -17,6 +17,7 @@ from .options import (
     JsonOpt,
     PhotoArgs,
     PhotosRootOpt,
+    PrecisionOpt,
     ThreadsOpt,
     command,
     load_model,
@@ -57,6 +58,7 @@ def price_command(
     ] = False,
     as_json: JsonOpt = False,
     threads: ThreadsOpt = None,
+    precision: PrecisionOpt = None,
 ) -> None:
     """Suggest a price from the nearest listings: similarity-weighted mean of their log prices.
 
@@ -67,7 +69,7 @@ def price_command(
     from ..runtime.batch import PhotoError
     from ..runtime.price import suggest_price
 
-    model = load_model(bundle, threads)
+    model = load_model(bundle, threads, precision)
     idx = open_index(index, model)
     rep = Reporter(as_json)
     unpriced = 0
@@ -136,6 +138,7 @@ def dupes_command(
     bundle: BundleOpt = None,
     as_json: JsonOpt = False,
     threads: ThreadsOpt = None,
+    precision: PrecisionOpt = None,
     batch: BatchOpt = 32,
 ) -> None:
     """Find groups of photos that are the same picture (re-encoded, resized or cropped copies
@@ -148,7 +151,7 @@ def dupes_command(
     from ..runtime.html import PhotoResolver
 
     rule = DupeRule.from_options(threshold, max_hash_distance, use_hash=not no_hash)
-    model = load_model(bundle, threads)
+    model = load_model(bundle, threads, precision)
     idx = open_index(index, model) if index is not None else None
     resolver = PhotoResolver.for_index(idx, photos_root or ()) if idx is not None else None
     report = find_dupes(model, sources, rule=rule, index=idx, resolver=resolver,

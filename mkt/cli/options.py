@@ -25,6 +25,12 @@ IndexOpt = Annotated[
     typer.Option("--index", metavar="DIR",
                  help="Index dir (default: the packaged catalogue index)."),
 ]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option("--precision", metavar="auto|int8|fp32",
+                 help="Which model of the bundle runs: auto (the faster on this CPU, measured "
+                      "once and cached), int8 or fp32. Default: $MKT_PRECISION or auto."),
+]
 ThreadsOpt = Annotated[
     int | None,
     typer.Option("--threads", min=1, metavar="N", help="onnxruntime threads (default: <= 4)."),
@@ -189,10 +195,11 @@ def command(app: typer.Typer, name: str, **kwargs: Any) -> Any:
     return app.command(name, cls=MktCommand, **kwargs)
 
 
-def load_model(bundle: Path | None, threads: int | None = None) -> Any:
+def load_model(bundle: Path | None, threads: int | None = None,
+               precision: str | None = None) -> Any:
     from ..runtime.model import Model
 
-    return Model(bundle, threads=threads)
+    return Model(bundle, threads=threads, variant=precision)
 
 
 def open_index(index: Path | None, model: Any = None, ef: int | None = None) -> Any:
@@ -214,6 +221,7 @@ __all__ = [
     "MktGroup",
     "PhotoArgs",
     "PhotosRootOpt",
+    "PrecisionOpt",
     "ThreadsOpt",
     "command",
     "load_model",

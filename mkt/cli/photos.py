@@ -17,6 +17,7 @@ from .options import (
     JsonOpt,
     PhotoArgs,
     PhotosRootOpt,
+    PrecisionOpt,
     ThreadsOpt,
     command,
     load_model,
@@ -42,12 +43,13 @@ def classify_command(
     as_json: JsonOpt = False,
     bundle: BundleOpt = None,
     threads: ThreadsOpt = None,
+    precision: PrecisionOpt = None,
     batch: BatchOpt = 32,
 ) -> None:
     """Classify photos into the 13 marketplace categories (top-k with probabilities)."""
     from ..runtime.batch import PhotoError, classify_photos
 
-    model = load_model(bundle, threads)
+    model = load_model(bundle, threads, precision)
     n_labels = len(model.labels)
     if k > n_labels:
         warn_line(f"-k {k}: the model has {n_labels} categories; showing all {n_labels}")
@@ -82,6 +84,7 @@ def similar_command(
     ef: Annotated[int | None, typer.Option("--ef", min=1, metavar="N",
                                            help="hnsw search breadth (recall/speed).")] = None,
     threads: ThreadsOpt = None,
+    precision: PrecisionOpt = None,
     html: Annotated[
         Path | None,
         typer.Option("--html", metavar="FILE",
@@ -92,7 +95,7 @@ def similar_command(
     """Find the indexed photos most similar to each photo (cosine similarity)."""
     from ..runtime.batch import PhotoError, similar_photos
 
-    model = load_model(bundle, threads)
+    model = load_model(bundle, threads, precision)
     idx = open_index(index, model, ef)
     rep = Reporter(as_json)
     con = None if as_json else console()

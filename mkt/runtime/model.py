@@ -119,19 +119,22 @@ class Model:
         _check_shapes(self.session, b, path)
 
     def _choose_variant(self, requested: str | None) -> tuple[str, dict[str, Any]]:
-        """``None``/``"auto"``: the faster precision on this CPU (measured once, cached);
-        ``"int8"``/``"fp32"``: that one. See :mod:`mkt.runtime.precision`."""
+        """``None``: ``$MKT_PRECISION`` or ``auto``. ``auto``: the faster precision on this
+        CPU (measured once per CPU and bundle, cached; :mod:`mkt.runtime.precision`);
+        ``int8``/``fp32``: that one."""
         b = self.bundle
-        if requested in (None, "auto") and len(b.models) > 1:
+        req = (requested or os.environ.get("MKT_PRECISION") or "auto").strip().lower()
+        if req not in ("auto", "int8", "fp32"):
+            raise BundleError(f"unknown precision {req!r}; use auto, int8 or fp32")
+        if req == "auto" and len(b.models) > 1:
             from .precision import choose_precision
 
             models = {v: b.model_path(v) for v in b.models}
-            return choose_precision(b.path, models, "auto")
-        if requested in (None, "auto"):
-            return b.default_variant, {"chosen": b.default_variant, "reason": "only one"}
-        if requested not in ("int8", "fp32"):
-            raise BundleError(f"unknown precision {requested!r}; use auto, int8 or fp32")
-        return requested, {"chosen": requested, "reason": "requested"}
+            return choose_precision(b.path, models, "auto", threads=self.threads)
+        if req == "auto":
+            return b.default_variant, {"choice": b.default_variant,
+                                       "reason": "the bundle has one precision"}
+        return req, {"choice": req, "reason": "requested"}
 
     # -- properties ---------------------------------------------------------------------
     @property
