@@ -168,7 +168,8 @@ def test_crossmodal_only_listing(tmp_path, enc):
                            [np.full((len(ids), 384), np.nan, np.float32), xv]))
     embed_listings(idx, enc)
     assert idx.text_counts()["photo_text_vectors"] == 1
-    (r,) = search_text(idx, enc, ["leather couch"], k=len(LISTINGS) + 1)
+    (r,) = search_text(idx, enc, ["leather couch"], k=len(LISTINGS) + 1,
+                       weights={"crossmodal": 0.5})
     x0 = [x for x in r.results if x.id == "X0"]
     assert len(x0) == 1 and x0[0].product_id is None and x0[0].ranks == {"crossmodal": 1}
     only_x = {"lexical": 0.0, "semantic": 0.0, "crossmodal": 1.0}
