@@ -9,6 +9,13 @@ Starts ``mkt serve`` (uvicorn) on 127.0.0.1 on a free port in a subprocess, wait
 endpoint and the error count (anything but HTTP 200 is an error; target 0). Also checks that
 the server answers bad requests properly (413, 415, 400) while under load. Loopback only.
 
+Then the resource limits (issue "Reliability II", docs/reliability.md): ``--burst`` (200)
+concurrent ~8.5 MB uploads at once (raw sockets), sampling the server's RSS from
+``/proc/PID/status`` and timing ``GET /health`` meanwhile, counting the answers (only
+declared ones: 200 / 503 + Retry-After); ``--slow`` (100) slowloris connections (headers
+trickled) and as many half-open ones (nothing sent), timing how long until the server drops
+them; ``--flood`` (1,100) connections at once, counting the server's open file descriptors.
+
 Writes ``benchmarks/results/serve_load.json``.
 """
 
@@ -48,6 +55,166 @@ def pick_photos(n: int) -> list[Path]:
     return [pool[i] for i in sorted(idx)]
 
 
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def big_upload_request() -> bytes:
+    """A raw HTTP request: POST /classify with an incompressible ~8.5 MB PNG."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (1680, 1680, 3), np.uint8)).save(
+        buf, "PNG", compress_level=0)
+    b = b"loadserveboundary"
+    body = (b"--" + b + b'\r\nContent-Disposition: form-data; name="file"; '
+            b'filename="noise.png"\r\nContent-Type: image/png\r\n\r\n' + buf.getvalue() +
+            b"\r\n--" + b + b"--\r\n")
+    return (b"POST /classify HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: multipart/form-data; boundary=" + b + b"\r\nContent-Length: " +
+            str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+def burst(port: int, pid: int, n: int) -> dict:
+    """``n`` concurrent large uploads; server RSS and /health latency meanwhile."""
+    import httpx
+
+    request = big_upload_request()
+    codes: list[int | str] = []
+    retry_after: set[str | None] = set()
+    health: list[float] = []
+    health_codes: list[int] = []
+    base = rss_mb(pid)
+    peak = [base]
+    stop = threading.Event()
+    barrier = threading.Barrier(n)
+
+    def upload() -> None:
+        try:
+            barrier.wait(30)
+            with socket.create_connection((HOST, port), timeout=120) as s:
+                s.sendall(request)
+                answer = b""
+                while chunk := s.recv(65536):
+                    answer += chunk
+            head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+            code = int(head[0].split()[1])
+            codes.append(code)
+            if code == 503:
+                hdrs = dict(h.lower().split(": ", 1) for h in head[1:] if ": " in h)
+                retry_after.add(hdrs.get("retry-after"))
+        except Exception as e:  # noqa: BLE001 - counted
+            codes.append(type(e).__name__)
+
+    def watch() -> None:
+        with httpx.Client(timeout=30) as c:
+            while not stop.is_set():
+                peak[0] = max(peak[0], rss_mb(pid))
+                t = time.perf_counter()
+                try:
+                    health_codes.append(c.get(f"http://{HOST}:{port}/health").status_code)
+                except httpx.HTTPError:
+                    health_codes.append(-1)
+                health.append(time.perf_counter() - t)
+                time.sleep(0.05)
+
+    w = threading.Thread(target=watch)
+    w.start()
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=upload) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    stop.set()
+    w.join()
+    return {"uploads": n, "upload_mb": round(len(request) / 1e6, 2), "wall_s": round(wall, 2),
+            "answers": {c: [str(x) for x in codes].count(c) for c in sorted(set(map(str, codes)))},
+            "retry_after": sorted(x or "" for x in retry_after),
+            "rss_idle_mb": round(base, 1), "rss_peak_mb": round(peak[0], 1),
+            "health_requests": len(health), "health_codes": sorted(set(health_codes)),
+            "health_max_s": round(max(health), 3) if health else None,
+            "health_p50_s": round(pct(health, 50), 3) if health else None}
+
+
+def _closed_after(s: socket.socket, limit: float) -> float | None:
+    t = time.perf_counter()
+    s.settimeout(limit)
+    try:
+        while s.recv(65536):
+            pass
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    except TimeoutError:
+        return None
+    return time.perf_counter() - t
+
+
+def slow_clients(port: int, n: int) -> dict:
+    """``n`` slowloris connections (a header line a second) and ``n`` half-open ones."""
+    slow = [socket.create_connection((HOST, port)) for _ in range(n)]
+    idle = [socket.create_connection((HOST, port)) for _ in range(n)]
+    t0 = time.perf_counter()
+    for s in slow:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+    open_slow = list(slow)
+    closed_at: list[float] = []
+    while open_slow and time.perf_counter() - t0 < 120:
+        time.sleep(1.0)
+        still = []
+        for s in open_slow:
+            try:
+                s.sendall(b"X-Slow: 1\r\n")
+                still.append(s)
+            except OSError:
+                closed_at.append(time.perf_counter() - t0)
+        open_slow = still
+    idle_closed = [_closed_after(s, max(1.0, 120 - (time.perf_counter() - t0))) for s in idle]
+    for s in slow + idle:
+        s.close()
+    return {"slowloris": n, "slowloris_still_open_after_120s": len(open_slow),
+            "slowloris_dropped_after_s_max": round(max(closed_at), 1) if closed_at else None,
+            "half_open": n, "half_open_still_open": sum(c is None for c in idle_closed),
+            "half_open_dropped_after_s_max": round(time.perf_counter() - t0, 1)}
+
+
+def flood(port: int, pid: int, n: int) -> dict:
+    """``n`` connections at once: how many the server keeps open (its fds)."""
+    import httpx
+
+    fds0 = len(os.listdir(f"/proc/{pid}/fd"))
+    socks, refused = [], 0
+    for _ in range(n):
+        try:
+            socks.append(socket.create_connection((HOST, port), timeout=5))
+        except OSError:
+            refused += 1
+    time.sleep(1.0)
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    t = time.perf_counter()
+    try:
+        code = httpx.get(f"http://{HOST}:{port}/health", timeout=30).status_code
+    except httpx.HTTPError as e:
+        code = type(e).__name__
+    during = time.perf_counter() - t
+    for s in socks:
+        s.close()
+    time.sleep(1.0)
+    t = time.perf_counter()
+    after = httpx.get(f"http://{HOST}:{port}/health", timeout=30).status_code
+    return {"connections": n, "refused": refused, "server_fds_idle": fds0,
+            "server_fds_during": fds, "health_during": code,
+            "health_during_s": round(during, 3), "health_after": after,
+            "health_after_s": round(time.perf_counter() - t, 3)}
+
+
 def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.array(xs), q)) if xs else float("nan")
 
@@ -61,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--index", type=Path, default=None)
     ap.add_argument("--photos", type=int, default=40)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    ap.add_argument("--burst", type=int, default=200, help="concurrent large uploads (0: skip)")
+    ap.add_argument("--slow", type=int, default=100, help="slowloris connections (0: skip)")
+    ap.add_argument("--flood", type=int, default=1100, help="connections at once (0: skip)")
+    ap.add_argument("--serve-args", default="",
+                    help="extra `mkt serve` options, e.g. '--max-inflight 4'")
     args = ap.parse_args(argv)
 
     import httpx
@@ -73,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd += ["--bundle", str(args.bundle)]
     if args.index:
         cmd += ["--index", str(args.index)]
+    cmd += args.serve_args.split()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     t_boot = time.time()
     server = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
@@ -146,6 +319,14 @@ def main(argv: list[str] | None = None) -> int:
         for t in threads:
             t.join()
         wall = time.perf_counter() - t_load
+        limits = {}
+        if args.burst:
+            limits["burst"] = burst(port, server.pid, args.burst)
+        if args.slow:
+            limits["slow"] = slow_clients(port, args.slow)
+        if args.flood:
+            limits["flood"] = flood(port, server.pid, args.flood)
+        log_bytes = sum(len(x) for x in log)
     finally:
         server.terminate()
         try:
@@ -177,13 +358,15 @@ def main(argv: list[str] | None = None) -> int:
         "per_endpoint": per,
         "errors": len(errors), "error_examples": errors[:5],
         "negative_checks": checks,
+        "limits": limits, "server_log_bytes": log_bytes,
         "negative_checks_ok": checks == {"413_too_large": 413, "415_text": 415,
                                          "400_garbage": 400},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serve_load.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("requests_done", "wall_seconds", "throughput_rps",
-                                             "latency_ms", "errors", "negative_checks")},
+                                             "latency_ms", "errors", "negative_checks",
+                                             "limits", "server_log_bytes")},
                      indent=2))
     return 0 if not errors and result["negative_checks_ok"] else 1
 

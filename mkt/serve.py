@@ -76,8 +76,9 @@ HEADER_TIMEOUT = 10.0
 KEEP_ALIVE_TIMEOUT = 5
 
 #: Open connections: at this many, uvicorn answers 503 (``limit_concurrency``); beyond it a
-#: new connection is closed at once (file descriptors stay bounded).
-MAX_CONNECTIONS = 200
+#: new connection is closed at once (file descriptors stay bounded). An idle connection
+#: costs a few kB; what costs memory, an upload, is bounded by :data:`MAX_INFLIGHT`.
+MAX_CONNECTIONS = 1000
 
 #: Largest request head (request line + headers) h11 buffers (``h11_max_incomplete_event_size``).
 MAX_HEADER_BYTES = 16 * 1024
@@ -223,20 +224,16 @@ class UploadGuard:
         """Read and drop the request body (at most ``DRAIN_FACTOR`` x the largest accepted,
         within the body timeout) before an early answer: a client still sending would
         otherwise see its connection reset instead of the answer. Costs no memory."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.body_timeout
         total = 0
-        while total <= DRAIN_FACTOR * self.max_body:
-            left = deadline - loop.time()
-            if left <= 0:
-                return
-            try:
-                msg = await asyncio.wait_for(receive(), left)
-            except asyncio.TimeoutError:
-                return
-            if msg["type"] != "http.request" or not msg.get("more_body", False):
-                return
-            total += len(msg.get("body", b""))
+        try:
+            async with _timeout_at(asyncio.get_running_loop().time() + self.body_timeout):
+                while total <= DRAIN_FACTOR * self.max_body:
+                    msg = await receive()
+                    if msg["type"] != "http.request" or not msg.get("more_body", False):
+                        return
+                    total += len(msg.get("body", b""))
+        except asyncio.TimeoutError:
+            return
 
     async def _guarded(self, scope: dict, receive: Any, send: Any) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
@@ -260,37 +257,21 @@ class UploadGuard:
                     await self._drain(receive)
                 await _reply(scope, receive, send, 413, _too_large(self.max_upload))
                 return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.body_timeout
         spool = spool_file()
         try:
-            total = 0
-            while True:
-                left = deadline - loop.time()
-                try:
-                    if left <= 0:
-                        raise asyncio.TimeoutError
-                    msg = await asyncio.wait_for(receive(), left)
-                except asyncio.TimeoutError:
-                    await _reply(scope, receive, send, 408,
-                                 f"upload not received within {self.body_timeout:g} s",
-                                 {"connection": "close"})
-                    return
-                if msg["type"] == "http.disconnect":
-                    return
-                body = msg.get("body", b"")
-                total += len(body)
-                if total > self.max_body:
-                    await _reply(scope, receive, send, 413, _too_large(self.max_upload))
-                    return
-                if body:
-                    try:
-                        spool.write(body)
-                    except OSError as e:
-                        await _reply(scope, receive, send, *_storage_error(e))
-                        return
-                if not msg.get("more_body", False):
-                    break
+            problem: tuple[int, str] | None = None
+            try:
+                async with _timeout_at(asyncio.get_running_loop().time() + self.body_timeout):
+                    problem = await self._spool(receive, spool)
+            except asyncio.TimeoutError:
+                await _reply(scope, receive, send, 408,
+                             f"upload not received within {self.body_timeout:g} s",
+                             {"connection": "close"})
+                return
+            if problem is not None:
+                if problem[0]:
+                    await _reply(scope, receive, send, *problem)
+                return
             spool.seek(0)
             done = False
 
@@ -307,6 +288,58 @@ class UploadGuard:
             await self.app(scope, replay, send)
         finally:
             spool.close()
+
+
+    async def _spool(self, receive: Any, spool: Any) -> tuple[int, str] | None:
+        """Stream the body into ``spool``: None when all there, else the answer to give
+        (``(0, "")``: the client is gone, no answer)."""
+        total = 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return 0, ""
+            body = msg.get("body", b"")
+            total += len(body)
+            if total > self.max_body:
+                return 413, _too_large(self.max_upload)
+            if body:
+                try:
+                    spool.write(body)
+                except OSError as e:
+                    return _storage_error(e)
+            if not msg.get("more_body", False):
+                return None
+
+
+class _TimeoutAtCompat:
+    """``asyncio.timeout_at`` for Python 3.10: cancels the task at ``when`` (loop time) and
+    turns that cancellation into :class:`asyncio.TimeoutError`."""
+
+    def __init__(self, when: float) -> None:
+        self.when = when
+        self.fired = False
+        self.handle: Any = None
+
+    async def __aenter__(self) -> _TimeoutAtCompat:
+        task = asyncio.current_task()
+        assert task is not None
+
+        def fire() -> None:
+            self.fired = True
+            task.cancel()
+
+        self.handle = asyncio.get_running_loop().call_at(self.when, fire)
+        return self
+
+    async def __aexit__(self, et: Any, e: Any, tb: Any) -> bool:
+        self.handle.cancel()
+        if self.fired and et is asyncio.CancelledError:
+            raise asyncio.TimeoutError
+        return False
+
+
+#: One deadline over a whole loop of ``receive()`` (cheaper than ``wait_for`` per chunk).
+_timeout_at: Any = getattr(asyncio, "timeout_at", _TimeoutAtCompat)
 
 
 def spool_file() -> Any:
@@ -680,33 +713,42 @@ def guarded_protocol(header_timeout: float = HEADER_TIMEOUT,
     return GuardedH11Protocol
 
 
-def make_server(app: Any, host: str = "127.0.0.1", port: int = 8000, *,
-                max_connections: int = MAX_CONNECTIONS,
-                header_timeout: float = HEADER_TIMEOUT,
-                keep_alive: int = KEEP_ALIVE_TIMEOUT,
-                log_level: str = "info", access_log: bool = False) -> Any:
-    """A ``uvicorn.Server`` for ``app`` with the limits of docs/reliability.md: uvicorn's
-    ``limit_concurrency`` (503 at ``max_connections`` open connections or requests),
-    ``timeout_keep_alive``, ``h11_max_incomplete_event_size``, ``backlog``; the request-head
-    timeout of :func:`guarded_protocol`; the access log off unless asked for, and every
-    server log rate-limited (:class:`RateLimitFilter`)."""
+def uvicorn_options(*, max_connections: int = MAX_CONNECTIONS,
+                    header_timeout: float = HEADER_TIMEOUT,
+                    keep_alive: int = KEEP_ALIVE_TIMEOUT) -> dict[str, Any]:
+    """``uvicorn.run`` / ``uvicorn.Config`` options with the limits of docs/reliability.md:
+    ``limit_concurrency`` (503 at ``max_connections`` open connections or requests; capped
+    below the file-descriptor limit), ``timeout_keep_alive``, ``h11_max_incomplete_event_size``,
+    ``backlog``, and the request-head timeout and connection cap of
+    :func:`guarded_protocol`."""
+    soft = _raise_fd_limit()
+    if soft is not None:  # leave room for the model, the index, log and spool files
+        max_connections = max(2, min(int(max_connections), soft - 64))
+    return {"http": guarded_protocol(header_timeout, max_connections),
+            "limit_concurrency": int(max_connections), "timeout_keep_alive": int(keep_alive),
+            "h11_max_incomplete_event_size": MAX_HEADER_BYTES, "backlog": BACKLOG,
+            "timeout_graceful_shutdown": 5}
+
+
+def run_server(app: Any, host: str = "127.0.0.1", port: int = 8000, *,
+               max_connections: int = MAX_CONNECTIONS,
+               header_timeout: float = HEADER_TIMEOUT,
+               keep_alive: int = KEEP_ALIVE_TIMEOUT,
+               log_level: str = "info", access_log: bool = False) -> None:
+    """Serve ``app`` with uvicorn and :func:`uvicorn_options`; the access log off unless
+    asked for, every server log rate-limited (:class:`RateLimitFilter`)."""
     import uvicorn
 
-    _raise_fd_limit()
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, access_log=access_log,
-        http=guarded_protocol(header_timeout, max_connections),
-        limit_concurrency=int(max_connections), timeout_keep_alive=int(keep_alive),
-        h11_max_incomplete_event_size=MAX_HEADER_BYTES, backlog=BACKLOG,
-        timeout_graceful_shutdown=5,
-    )
     for name in ("uvicorn.access", "uvicorn.error"):
         logging.getLogger(name).addFilter(RateLimitFilter())
-    return uvicorn.Server(config)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log,
+                **uvicorn_options(max_connections=max_connections,
+                                  header_timeout=header_timeout, keep_alive=keep_alive))
 
 
-def _raise_fd_limit() -> None:
-    """Soft file-descriptor limit up to the hard one (connections need one each)."""
+def _raise_fd_limit() -> int | None:
+    """Soft file-descriptor limit up to the hard one (connections need one each); returns
+    the soft limit now in force (None: unknown)."""
     try:
         import resource
 
@@ -714,8 +756,10 @@ def _raise_fd_limit() -> None:
         if hard == resource.RLIM_INFINITY or hard > soft:
             resource.setrlimit(resource.RLIMIT_NOFILE,
                                (hard if hard != resource.RLIM_INFINITY else 65536, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return None if soft == resource.RLIM_INFINITY else int(soft)
     except (ImportError, ValueError, OSError):
-        pass
+        return None
 
 
 def _env_app() -> FastAPI:
@@ -732,4 +776,4 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["MAX_UPLOAD_BYTES", "RateLimitFilter", "UploadGuard", "create_app", "guarded_protocol",
-           "make_server"]
+           "run_server", "uvicorn_options"]

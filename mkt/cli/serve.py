@@ -36,7 +36,7 @@ def serve_command(
     max_connections: Annotated[int, typer.Option(
         "--max-connections", min=2, max=100_000, metavar="N",
         envvar="MKT_SERVE_MAX_CONNECTIONS",
-        help="Open connections: at N requests get 503, beyond N new ones are closed.")] = 200,
+        help="Open connections: at N requests get 503, beyond N new ones are closed.")] = 1000,
     body_timeout: Annotated[float, typer.Option(
         "--body-timeout", min=0.1, metavar="S", envvar="MKT_SERVE_BODY_TIMEOUT",
         help="Seconds to send a whole upload (else 408).")] = 30.0,
@@ -57,7 +57,7 @@ def serve_command(
     documented in docs/reliability.md.
     """
     require_extra("serve", "serve", "fastapi", "uvicorn", "multipart")
-    from ..serve import create_app, make_server
+    from ..serve import create_app, run_server
 
     check_port(host, port)
     if host not in LOOPBACK:
@@ -66,9 +66,9 @@ def serve_command(
     app = create_app(bundle=bundle, index=index, threads=threads,
                      max_upload_bytes=int(max_upload_mb * 1024 * 1024), eager=True,
                      max_inflight=max_inflight, body_timeout=body_timeout)
-    make_server(app, host, port, max_connections=max_connections,
-                header_timeout=header_timeout, keep_alive=keep_alive, log_level=log_level,
-                access_log=access_log).run()
+    run_server(app, host, port, max_connections=max_connections,
+               header_timeout=header_timeout, keep_alive=keep_alive, log_level=log_level,
+               access_log=access_log)
 
 
 def check_port(host: str, port: int) -> None:
