@@ -58,6 +58,7 @@ class PhotoItem:
             "price": self.price,
             "category": self.category,
             "location": self.location,
+            "description": self.description,
             "path": p.as_posix(),
         }
 

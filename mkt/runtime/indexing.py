@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .batch import DEFAULT_BATCH, PhotoError, embed_batches
+from .batch import DEFAULT_BATCH, PhotoError, iter_batches
 from .errors import CatalogueError, MktError
 
 OnError = Callable[[PhotoError], None]
@@ -37,6 +37,8 @@ class EmbeddedItems:
     items: list[Any]
     vectors: np.ndarray
     errors: list[PhotoError] = field(default_factory=list)
+    #: the photos in the text encoder's space ``[n, T]`` (bundles trained with text), or None
+    text_vectors: np.ndarray | None = None
 
 
 @dataclass
@@ -74,17 +76,36 @@ def embed_items(
         uniq.append(it)
     good: list[Any] = []
     parts: list[np.ndarray] = []
+    tparts: list[np.ndarray] = []
+    with_text = bool(getattr(model, "has_text_embedding", False))
     done = 0
-    for batch, vecs in embed_batches(model, [it.path for it in uniq], batch_size):
+    for batch in iter_batches([it.path for it in uniq], model, batch_size):
         for bi in batch.bad:
             fail(bi.failure())
         good += [uniq[bi.index] for bi in batch.good]
-        parts.append(vecs)
+        if batch.good:
+            out = model.run(batch.arrays())
+            parts.append(out["embedding"])
+            if with_text:
+                tparts.append(out["text_embedding"])
         done += len(batch.items)
         progress(done, len(uniq))
     vectors = np.concatenate(parts) if parts else \
         np.zeros((0, model.embedding_dim), np.float32)
-    return EmbeddedItems(good, vectors, errors)
+    text = np.concatenate(tparts) if tparts else None
+    return EmbeddedItems(good, vectors, errors, text)
+
+
+def embed_listing_text(model: Any, index: Any, *, batch_size: int = DEFAULT_BATCH) -> int:
+    """Give the index's listings (title + start of description) their text-encoder vectors,
+    when the model's bundle ships a text encoder; returns how many were embedded."""
+    if not (getattr(model, "bundle", None) and model.bundle.manifest.get("text")):
+        return 0
+    from .search import embed_listings
+    from .text import TextEncoder
+
+    return embed_listings(index, TextEncoder.from_bundle(model.bundle, threads=model.threads),
+                          batch_size=batch_size)
 
 
 def source_root(source: str | os.PathLike) -> Path:
@@ -135,7 +156,9 @@ def build_index(
         ef_construction=ef_construction, ef=ef, overwrite=overwrite,
         ids=[it.id for it in emb.items], vectors=emb.vectors,
         meta=[it.meta(root) for it in emb.items], provenance=provenance,
+        text_vectors=emb.text_vectors,
     )
+    embed_listing_text(model, idx, batch_size=batch_size)
     return IndexReport(idx, idx.count, emb.errors)
 
 
@@ -176,7 +199,9 @@ def add_to_index(
     emb = embed_items(model, items, batch_size=batch_size, on_error=on_error,
                       progress=progress)
     n = index.add([it.id for it in emb.items], emb.vectors,
-                  [it.meta(roots.get(id(it))) for it in emb.items])
+                  [it.meta(roots.get(id(it))) for it in emb.items],
+                  text_vectors=emb.text_vectors)
+    embed_listing_text(model, index, batch_size=batch_size)
     return IndexReport(index, n, errors + emb.errors)
 
 
@@ -186,5 +211,6 @@ __all__ = [
     "add_to_index",
     "build_index",
     "embed_items",
+    "embed_listing_text",
     "source_root",
 ]
