@@ -15,11 +15,17 @@ Endpoints (multipart upload, field ``file``; JSON out, same shapes as the CLI's 
   (part of the ``serve`` extra) is installed, so ``/docs`` works offline; without it they come
   from a CDN and the page says so.
 
-Errors are JSON ``{"detail": "..."}``: 400 undecodable image, 413 upload over the limit (checked
-from ``Content-Length`` and while reading, before the multipart parser spools anything), 415
-not multipart / not an image content type, 422 bad parameters, 503 no index loaded. The model
-and index are loaded once per process (at startup, in the lifespan) and shared by all requests;
-onnxruntime sessions are thread-safe, index searches are serialised with a lock.
+Errors are JSON ``{"detail": "..."}``: 400 empty or undecodable image or several files in
+field ``file``, 408 upload body not received in time, 413 upload over the limit (checked from
+``Content-Length`` and while streaming), 415 not multipart / not an image content type, 422
+bad parameters, 503 busy (``Retry-After``) or no index loaded, 507 no space left to spool the
+upload. The model and index are loaded once per process (at startup, in the lifespan) and
+shared by all requests; onnxruntime sessions are thread-safe, index searches are serialised
+with a lock; inference runs in worker threads, ``/health`` on the event loop.
+
+Resource limits (uploads in flight, connections, header/body/keep-alive timeouts, spooled
+uploads, rate-limited logs) and their settings: docs/reliability.md, :class:`UploadGuard`,
+:func:`run_server`.
 
 Needs the ``serve`` extra (``pip install 'mkt[serve]'``).
 """
