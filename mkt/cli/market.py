@@ -56,6 +56,10 @@ def price_command(
             "already in the catalogue.",
         ),
     ] = False,
+    title: Annotated[str | None, typer.Option(
+        "--title", metavar="TEXT",
+        help="The seller's title: neighbours are found by photo and title together "
+             "(needs a bundle with a text encoder).")] = None,
     as_json: JsonOpt = False,
     threads: ThreadsOpt = None,
     precision: PrecisionOpt = None,
@@ -74,7 +78,7 @@ def price_command(
     rep = Reporter(as_json)
     unpriced = 0
     for s in suggest_price(model, idx, photos, k=k, listing=listing, exclude_self=exclude_self,
-                           names=[str(p) for p in photos]):
+                           title=title, names=[str(p) for p in photos]):
         if isinstance(s, PhotoError):
             rep.error(s)
             continue

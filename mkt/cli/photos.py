@@ -40,6 +40,10 @@ def classify_command(
         typer.Option("--listing",
                      help="The photos are one listing: one answer from their mean logits."),
     ] = False,
+    title: Annotated[str | None, typer.Option(
+        "--title", metavar="TEXT",
+        help="The seller's title: the category from photo and title together (a learned "
+             "fusion; needs a bundle with a text encoder).")] = None,
     as_json: JsonOpt = False,
     bundle: BundleOpt = None,
     threads: ThreadsOpt = None,
@@ -55,7 +59,7 @@ def classify_command(
         warn_line(f"-k {k}: the model has {n_labels} categories; showing all {n_labels}")
         k = n_labels
     rep = Reporter(as_json)
-    for r in classify_photos(model, photos, k=k, listing=listing, batch_size=batch,
+    for r in classify_photos(model, photos, k=k, listing=listing, title=title, batch_size=batch,
                              names=[str(p) for p in photos]):
         if isinstance(r, PhotoError):
             rep.error(r)
@@ -91,6 +95,9 @@ def similar_command(
                      help="Also write a self-contained HTML page with thumbnails."),
     ] = None,
     photos_root: PhotosRootOpt = None,
+    text: Annotated[str | None, typer.Option(
+        "--text", metavar="WORDS",
+        help='Words too, e.g. --text "in oak": photo and words fused per listing.')] = None,
 ) -> None:
     """Find the indexed photos most similar to each photo (cosine similarity)."""
     from ..runtime.batch import PhotoError, similar_photos
@@ -105,7 +112,8 @@ def similar_command(
 
         resolver = PhotoResolver.for_index(idx, photos_root or ())
     results, failures = [], []
-    for r in similar_photos(model, idx, photos, k=k, names=[str(p) for p in photos]):
+    for r in similar_photos(model, idx, photos, k=k, text=text,
+                            names=[str(p) for p in photos]):
         if isinstance(r, PhotoError):
             failures.append(r)
             rep.error(r)

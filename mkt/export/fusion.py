@@ -89,7 +89,7 @@ def extract_features(bundle_dir: Path, data: Path, cache: Path, text_dir: Path |
 
     model = Model(bundle_dir)
     enc, text_name = text_encoder_for(bundle_dir, text_dir)
-    key = f"{model.model_id}|{text_name}|{Path(data).resolve()}"
+    key = f"{model.model_id}|{text_name}|{Path(data).resolve()}|listing-text-v2"
     if cache.is_file():
         z = np.load(cache, allow_pickle=False)
         if str(z["key"]) == key:
@@ -110,6 +110,13 @@ def extract_features(bundle_dir: Path, data: Path, cache: Path, text_dir: Path |
     titles = lst["title"].astype(str).tolist()
     log(f"title embeddings for {len(titles)} listings")
     temb = enc.encode([t if t.strip() else "(no title)" for t in titles], batch_size=64)
+    # the catalogue side of the price kNN: what the index stores for each listing (title +
+    # start of description, :func:`mkt.runtime.index.listing_text`)
+    from mkt.runtime.index import listing_text
+
+    log(f"listing-text embeddings for {len(titles)} listings")
+    lemb = enc.encode([listing_text(t, d) or "(no text)" for t, d in
+                       zip(titles, lst["description"].astype(str), strict=True)], batch_size=64)
     res = {
         "key": np.array(key),
         "photo_ids": np.array(pids),
@@ -119,6 +126,7 @@ def extract_features(bundle_dir: Path, data: Path, cache: Path, text_dir: Path |
         "category": lst["category"].astype(str).to_numpy(dtype=str),
         "price": lst["price"].astype(float).to_numpy(),
         "title_emb": temb.astype(np.float32),
+        "listing_emb": lemb.astype(np.float32),
         "labels": np.array(model.labels),
     }
     for k, v in outs.items():
@@ -214,7 +222,9 @@ def _r2(y: np.ndarray, p: np.ndarray) -> float:
 
 def fit_price(f: dict[str, Any], L: dict[str, np.ndarray],
               log: Callable[[str], None] = _log) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Choose alpha/k/tau of the fused kNN on val; catalogue = train listings."""
+    """Choose alpha/k/tau of the fused kNN on val; catalogue = train listings, each by its
+    mean photo embedding and its listing-text embedding (as the index stores it); queries by
+    their photos and their title only (what a seller types)."""
     from mkt.runtime.fusion import knn_log_price
 
     keep = L["keep"]
@@ -223,10 +233,11 @@ def fit_price(f: dict[str, Any], L: dict[str, np.ndarray],
     ok = _valid_price(price)
     cat = (split == "train") & ok
     emb, title = L["emb"], f["title_emb"][keep]
+    ctext = f["listing_emb"][keep]
     ylog = np.log(np.where(ok, price, 1.0))
 
     def score(mask, alpha, k, tau):
-        pe = knn_log_price(emb[mask], title[mask], emb[cat], title[cat], ylog[cat],
+        pe = knn_log_price(emb[mask], title[mask], emb[cat], ctext[cat], ylog[cat],
                            alpha=alpha, k=k, tau=tau)
         return _r2(ylog[mask], pe)
 

@@ -195,12 +195,14 @@ def classify_photos(
     *,
     k: int = 3,
     listing: bool = False,
+    title: str | None = None,
     batch_size: int = DEFAULT_BATCH,
     names: Sequence[str] | None = None,
 ) -> Iterator[Any]:
     """A :class:`~mkt.runtime.model.Prediction` or a :class:`PhotoError` per photo, in input
     order. ``listing``: the good photos are one listing; after their errors, one prediction
-    from the mean of their logits (none when no photo could be read)."""
+    from the mean of their logits (none when no photo could be read). ``title``: the
+    seller's title joins the photos (:meth:`~mkt.runtime.model.Model.classify_with_title`)."""
     pooled: list[BatchItem] = []
     for batch in iter_batches(photos, model, batch_size, names=names):
         yield from (it.failure() for it in batch.bad) if listing else ()
@@ -208,13 +210,14 @@ def classify_photos(
         if listing:
             pooled += good
             continue
-        preds = iter(model.classify_arrays(batch.arrays(), [it.name for it in good], k=k)
-                     if good else [])
+        preds = iter(model.classify_arrays(batch.arrays(), [it.name for it in good], k=k,
+                                           title=title) if good else [])
         for it in batch.items:
             yield next(preds) if it.ok else it.failure()
     if listing and pooled:
         arr = np.stack([it.array for it in pooled if it.array is not None])
-        yield model.classify_arrays(arr, [it.name for it in pooled], k=k, listing=True)[0]
+        yield model.classify_arrays(arr, [it.name for it in pooled], k=k, listing=True,
+                                    title=title)[0]
 
 
 def embed_batches(
@@ -235,15 +238,39 @@ def similar_photos(
     photos: Sequence[ImageSource],
     *,
     k: int = 10,
+    text: str | None = None,
     batch_size: int = DEFAULT_BATCH,
     names: Sequence[str] | None = None,
 ) -> Iterator[SimilarResult | PhotoError]:
     """A :class:`SimilarResult` (the ``k`` nearest indexed photos) or a :class:`PhotoError`
-    per photo, in input order."""
+    per photo, in input order. ``text``: words too ("in oak"): the photo's nearest listings
+    and the words' own ranking are fused per listing by reciprocal rank
+    (:func:`mkt.runtime.search.similar_with_text`); one result a listing."""
+    encoder = None
+    if text is not None:
+        from .text import check_text
+
+        text = check_text(text, "--text")
+        encoder = model.text_encoder()
+    depth = k if text is None else max(100, 5 * k)
     for batch, vecs in embed_batches(model, photos, batch_size, names=names):
-        found = iter(index.search(vecs, k) if len(vecs) else [])
+        found = iter(index.search(vecs, depth) if len(vecs) else [])
         for it in batch.items:
-            yield SimilarResult.from_hits(it.name, next(found)) if it.ok else it.failure()
+            if not it.ok:
+                yield it.failure()
+                continue
+            hits = next(found)
+            if encoder is None:
+                yield SimilarResult.from_hits(it.name, hits)
+                continue
+            from .index import Hit
+            from .search import similar_with_text
+
+            fused = similar_with_text(index, encoder, hits, text, k)
+            meta = index.photos_meta([h.id for h in fused.results])
+            r = SimilarResult(it.name, list(fused.results))
+            r.hits = [Hit(h.id, h.score, -1, dict(meta.get(h.id) or {})) for h in fused.results]
+            yield r
 
 
 __all__ = [

@@ -140,10 +140,77 @@ class PriceCatalogue:
         return float(np.exp(lp[0]))
 
 
+@dataclass
+class ListingCatalogue:
+    """The index's priced listings for the fused price kNN: each listing's mean photo
+    embedding, its listing-text vector, price and display metadata. Built once per index
+    generation (:func:`listing_catalogue`)."""
+
+    product_ids: list[str]
+    emb: np.ndarray
+    text: np.ndarray
+    price: np.ndarray
+    meta: list[dict[str, Any]]
+
+    def hits(self, fusion: Fusion, emb: np.ndarray, title: np.ndarray, n: int,
+             exclude_products: set[str] | frozenset[str] = frozenset()) -> list[Any]:
+        """The ``n`` listings nearest to (photo ``emb``, ``title`` vector) by the fused
+        similarity ``alpha * cos(photo) + (1 - alpha) * cos(text)``, best first, as index
+        :class:`~mkt.runtime.index.Hit` objects (``id`` = the listing's first photo)."""
+        from .index import Hit
+
+        a = fusion.price_alpha
+        sim = a * (self.emb @ np.asarray(emb, np.float32)) + \
+            (1.0 - a) * (self.text @ np.asarray(title, np.float32))
+        out = []
+        for i in np.argsort(-sim, kind="stable"):
+            if self.product_ids[i] in exclude_products:
+                continue
+            m = self.meta[i]
+            out.append(Hit(str(m.get("photo") or self.product_ids[i]), float(sim[i]), -1,
+                           {"product_id": self.product_ids[i], "title": m.get("title"),
+                            "price": float(self.price[i]), "category": m.get("category")}))
+            if len(out) >= n:
+                break
+        return out
+
+
+_CATALOGUES: dict[tuple[str, int], ListingCatalogue] = {}
+
+
+def listing_catalogue(index: Any) -> ListingCatalogue:
+    """:class:`ListingCatalogue` of an open index (cached per index folder and generation)."""
+    from .catalogue import valid_price
+
+    key = (str(index.path), int(index.info().get("generation", -1)))
+    if key in _CATALOGUES:
+        return _CATALOGUES[key]
+    index.require_text()
+    _, pids, vecs = index.photo_vectors()
+    lp, lv = index.listing_vectors()
+    meta = index.listings_meta(lp)
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(pids):
+        if p is not None:
+            groups.setdefault(p, []).append(i)
+    keep = [j for j, p in enumerate(lp)
+            if p in groups and valid_price(meta.get(p, {}).get("price"))]
+    emb = np.zeros((len(keep), vecs.shape[1]), np.float32)
+    for r, j in enumerate(keep):
+        e = vecs[groups[lp[j]]].mean(0)
+        emb[r] = e / max(float(np.linalg.norm(e)), 1e-12)
+    cat = ListingCatalogue([lp[j] for j in keep], emb, np.asarray(lv, np.float32)[keep],
+                           np.array([float(meta[lp[j]]["price"]) for j in keep]),
+                           [meta[lp[j]] for j in keep])
+    _CATALOGUES.clear()  # one index generation at a time is enough for a CLI or a server
+    _CATALOGUES[key] = cat
+    return cat
+
+
 def load_fusion(bundle: Any) -> Fusion:
     """The fusion model of a :class:`~mkt.runtime.bundle.Bundle` (``fusion.npz`` in its dir)."""
     return Fusion.load(Path(bundle.path) / FUSION_FILE, model_id=bundle.model_id)
 
 
-__all__ = ["FUSION_FILE", "Fusion", "PriceCatalogue", "knn_log_price", "listing_photo_features",
-           "load_fusion"]
+__all__ = ["FUSION_FILE", "Fusion", "ListingCatalogue", "PriceCatalogue", "knn_log_price",
+           "listing_catalogue", "listing_photo_features", "load_fusion"]

@@ -180,6 +180,29 @@ def similar_page(
                    errors=list(errors))
 
 
+def search_page(
+    results: Sequence[Any],
+    photos_meta: Mapping[str, Mapping[str, Any]],
+    *,
+    resolver: PhotoResolver | None = None,
+    errors: Sequence[tuple[str, str]] = (),
+    subtitle: str = "",
+) -> str:
+    """Page for ``mkt search``: a section a query, its listings best first, each shown by its
+    best-matching photo (``photos_meta``: photo id -> index metadata with ``path``)."""
+    resolver = resolver or PhotoResolver.default()
+    out = []
+    for res in results:
+        cards = []
+        for r, h in enumerate(res.results, 1):
+            m = photos_meta.get(h.id) or {}
+            cards.append(card(file=resolver.resolve(m.get("path")), id=h.id, title=h.title,
+                              price=h.price, score=h.score, category=h.category, rank=r))
+        out.append({"path": f"“{res.query}”", "cards": cards})
+    return _render("search.html.j2", title="mkt search", subtitle=subtitle, queries=out,
+                   errors=list(errors))
+
+
 def _group_dict(g: Any) -> Mapping[str, Any]:
     """A :class:`~mkt.runtime.dupes.DupesGroupResult` as the mapping :func:`dupes_page`
     takes (its photos with their local ``file``)."""
@@ -233,6 +256,7 @@ __all__ = [
     "card",
     "dupes_page",
     "recorded_sources",
+    "search_page",
     "similar_page",
     "thumbnail_data_uri",
     "write_page",

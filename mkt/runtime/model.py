@@ -229,11 +229,17 @@ class Model:
         *,
         k: int = 3,
         listing: bool = False,
+        title: str | None = None,
     ) -> list[Prediction]:
         """Classify already-letterboxed photos. ``listing``: one prediction for all photos
-        (mean of the logits, then softmax), as if they were the photos of one listing."""
+        (mean of the logits, then softmax), as if they were the photos of one listing.
+        ``title``: the seller's title too, through the bundle's learned photo + title fusion
+        (see :meth:`classify_with_title`)."""
         logits, emb = self.predict(batch)
         names = list(names) if names is not None else [str(i) for i in range(len(logits))]
+        if title is not None:
+            return self.classify_with_title(batch, logits, emb, names, title, k=k,
+                                            listing=listing)
         if listing:
             if len(logits) == 0:
                 return []
@@ -250,9 +256,49 @@ class Model:
         return [Prediction(name, top[0][0], top[0][1], top, uncertain=bool(f))
                 for name, top, f in zip(names, self.top_k(logits, k), flags, strict=True)]
 
+    def text_encoder(self) -> Any:
+        """The bundle's text encoder (loaded once); :class:`BundleError` if it has none."""
+        if getattr(self, "_text", None) is None:
+            from .text import TextEncoder
+
+            self._text = TextEncoder.from_bundle(self.bundle, threads=self.threads)
+        return self._text
+
+    def fusion(self) -> Any:
+        """The bundle's photo + title fusion (loaded once); :class:`BundleError` if none."""
+        if getattr(self, "_fusion", None) is None:
+            from .fusion import load_fusion
+
+            self._fusion = load_fusion(self.bundle)
+        return self._fusion
+
+    def classify_with_title(self, batch: np.ndarray, logits: np.ndarray, emb: np.ndarray,
+                            names: list[str], title: str, *, k: int = 3,
+                            listing: bool = False) -> list[Prediction]:
+        """Category from photo(s) and the seller's title, as a sell flow suggests it: the
+        fusion (a logistic regression over the photo log-probabilities and the title's
+        embedding, fitted on train and chosen on val) scores each photo, or the listing.
+        ``uncertain`` then says only whether the photos look like no catalogue photo (the
+        confidence floor was fitted on photo-only scores)."""
+        from .text import check_text
+
+        tvec = self.text_encoder().encode([check_text(title, "title")])[0]
+        fusion = self.fusion()
+        ood = self.calibration.flags(np.ones((len(logits), 1), np.float32), emb, batch)
+        groups = [list(range(len(logits)))] if listing else [[i] for i in range(len(logits))]
+        out = []
+        for g in groups:
+            if not g:
+                continue
+            top = fusion.classify_listing(logits[g], emb[g], tvec, k=max(1, min(k, 1000)))
+            out.append(Prediction(names[g[0]], top[0][0], top[0][1], top,
+                                  paths=[names[i] for i in g] if listing else None,
+                                  uncertain=bool(ood[g].all())))
+        return out
+
     def classify(
         self, paths: Iterable[ImageSource], k: int = 3, *, listing: bool = False,
-        batch_size: int = 32,
+        batch_size: int = 32, title: str | None = None,
     ) -> list[Prediction]:
         """Classify photos (paths or bytes): one :class:`Prediction` each, or one for all
         of them with ``listing=True``. A bad photo raises :class:`BadImageError`."""
@@ -262,11 +308,11 @@ class Model:
             for i, p in enumerate(srcs)
         ]
         if listing:
-            return self.classify_arrays(self.load(srcs), names, k=k, listing=True)
+            return self.classify_arrays(self.load(srcs), names, k=k, listing=True, title=title)
         out: list[Prediction] = []
         for i in range(0, len(srcs), batch_size):
             arr = self.load(srcs[i : i + batch_size])
-            out += self.classify_arrays(arr, names[i : i + batch_size], k=k)
+            out += self.classify_arrays(arr, names[i : i + batch_size], k=k, title=title)
         return out
 
     def embed_arrays(self, batch: np.ndarray) -> np.ndarray:

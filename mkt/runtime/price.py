@@ -278,6 +278,7 @@ def suggest_price(
     k: int | None = None,
     listing: bool = False,
     exclude_self: bool = False,
+    title: str | None = None,
     batch_size: int = 32,
     names: Sequence[str] | None = None,
 ) -> Iterator[Any]:
@@ -285,37 +286,79 @@ def suggest_price(
     :class:`~mkt.runtime.batch.PhotoError` per photo, in input order (``listing``: the errors,
     then one suggestion for all good photos). ``k``: listings that vote (default
     :data:`DEFAULT_K`). ``exclude_self``: leave out the query's own photo and listing
-    (:func:`self_exclusions`), for photos that are already in the catalogue."""
+    (:func:`self_exclusions`), for photos that are already in the catalogue.
+
+    ``title``: the seller's words too. Then the voters are the catalogue listings nearest by
+    the fused similarity ``alpha * cos(photo) + (1 - alpha) * cos(title vs listing text)``
+    and they vote by a weighted mean of log prices, with ``alpha``, ``k`` and the temperature
+    fitted on val (the bundle's ``fusion.npz``; :mod:`mkt.runtime.fusion`). Needs a bundle
+    with a text encoder and an index built with listing text."""
     from .batch import embed_batches
 
-    k = DEFAULT_K if k is None else int(k)
+    fused = _title_pricer(model, index, title) if title is not None else None
+    if fused is not None:
+        k = fused[0].price_k if k is None else int(k)
+        tau, statistic = fused[0].price_tau, "mean"
+    else:
+        k = DEFAULT_K if k is None else int(k)
+        tau, statistic = DEFAULT_TAU, DEFAULT_STATISTIC
     nq = query_size(k, index.count)
     pooled: list[Sequence[Any]] = []
+    pooled_vecs: list[np.ndarray] = []
     pooled_names: list[str] = []
     ex_ids: set[str] = set()
     ex_products: set[str] = set()
+
+    def suggest(hits: Sequence[Any], vec: np.ndarray, path: str, paths: list[str] | None,
+                ids: set[str], products: set[str]) -> PriceSuggestion:
+        if fused is not None:
+            fusion, tvec, cat = fused
+            hits = cat.hits(fusion, vec, tvec, k, exclude_products=products)
+        return suggest_from_hits([hits], k=k, tau=tau, statistic=statistic, path=path,
+                                 paths=paths, exclude_ids=ids, exclude_products=products)
+
     for batch, vecs in embed_batches(model, photos, batch_size, names=names):
-        found = iter(index.search(vecs, nq) if len(vecs) else [])
+        need_hits = fused is None or exclude_self
+        found = iter(index.search(vecs, nq) if len(vecs) and need_hits else [])
+        good = iter(vecs)
         for it in batch.items:
             if not it.ok:
                 yield it.failure()
                 continue
-            hits = next(found)
+            vec = next(good)
+            hits = next(found) if need_hits else []
             if exclude_self:
                 ids, products = self_exclusions(it.name, hits, index)
             else:
                 ids, products = set(), set()
             if listing:
                 pooled.append(hits)
+                pooled_vecs.append(vec)
                 pooled_names.append(it.name)
                 ex_ids |= ids
                 ex_products |= products
                 continue
-            yield suggest_from_hits([hits], k=k, path=it.name, exclude_ids=ids,
-                                    exclude_products=products)
+            yield suggest(hits, vec, it.name, None, ids, products)
     if listing and pooled:
-        yield suggest_from_hits(pooled, k=k, path=pooled_names[0], paths=pooled_names,
-                                exclude_ids=ex_ids, exclude_products=ex_products)
+        if fused is not None:
+            m = np.mean(pooled_vecs, axis=0)
+            yield suggest([], m / max(float(np.linalg.norm(m)), 1e-12), pooled_names[0],
+                          pooled_names, ex_ids, ex_products)
+        else:
+            yield suggest_from_hits(pooled, k=k, path=pooled_names[0], paths=pooled_names,
+                                    exclude_ids=ex_ids, exclude_products=ex_products)
+
+
+def _title_pricer(model: Any, index: Any, title: str) -> tuple[Any, np.ndarray, Any]:
+    """(fusion settings, the title's vector, the index's listing catalogue) for pricing with
+    the seller's title."""
+    from .fusion import listing_catalogue, load_fusion
+    from .text import TextEncoder, check_text
+
+    text = check_text(title, "title")
+    fusion = load_fusion(model.bundle)
+    enc = TextEncoder.from_bundle(model.bundle, threads=getattr(model, "threads", None))
+    return fusion, enc.encode([text])[0], listing_catalogue(index)
 
 
 __all__ = [

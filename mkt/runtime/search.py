@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .errors import MktIndexError
+from .batch import SimilarHit
+from .errors import MktError, MktIndexError
 from .index import NO_TEXT_MSG, Hit, Index
 from .text import TextEncoder, check_text
 
@@ -54,26 +55,11 @@ def fts_query(text: str) -> str | None:
 
 
 @dataclass
-class ListingHit:
-    """One listing in a text search: fused score, its photo ``id`` and metadata."""
+class ListingHit(SimilarHit):
+    """One listing in a text search: fused score, its best photo ``id`` and metadata; the
+    same answer shape as a ``similar`` hit, plus each search path's rank (not in the JSON)."""
 
-    id: str
-    score: float
-    product_id: str | None = None
-    title: str | None = None
-    price: float | None = None
-    category: str | None = None
     ranks: dict[str, int] = field(default_factory=dict, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        """``{"id", "score", "product_id", "title", "price", "category"}`` (metadata keys only
-        when not null), like a ``similar`` result."""
-        d: dict[str, Any] = {"id": self.id, "score": round(float(self.score), 6)}
-        for k in ("product_id", "title", "price", "category"):
-            v = getattr(self, k)
-            if v is not None:
-                d[k] = v
-        return d
 
 
 @dataclass
@@ -277,6 +263,37 @@ def search_text(
     return out
 
 
+@dataclass
+class QueryError:
+    """A query that could not be searched (empty, whitespace): the query and the reason."""
+
+    query: str
+    error: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"query": self.query, "error": self.error}
+
+
+def search_each(
+    index: Index,
+    encoder: TextEncoder,
+    queries: Sequence[str],
+    k: int = 10,
+    weights: Mapping[str, float] | None = None,
+) -> Iterator[TextSearchResult | QueryError]:
+    """One answer per query, in order: a :class:`TextSearchResult`, or a :class:`QueryError`
+    for a query that cannot be searched, so one bad query does not stop the others.
+    An index without text (built before text search) raises :class:`MktIndexError`."""
+    available_paths(index)  # an old index is refused once, before any query
+    for q in queries:
+        try:
+            check_text(q)
+        except MktError as e:
+            yield QueryError(str(q), str(e))
+            continue
+        yield search_text(index, encoder, [q], k, weights)[0]
+
+
 def similar_with_text(
     index: Index,
     encoder: TextEncoder,
@@ -329,12 +346,14 @@ __all__ = [
     "PATHS",
     "RRF_K",
     "ListingHit",
+    "QueryError",
     "TextSearchResult",
     "available_paths",
     "embed_listings",
     "fts_query",
     "path_rankings",
     "rrf",
+    "search_each",
     "search_text",
     "similar_with_text",
 ]
