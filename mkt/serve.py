@@ -177,6 +177,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (507, "The server is out of temporary space for uploads."),
     )
 }
+_ERRORS[503]["headers"] = {"Retry-After": {
+    "description": "Seconds to wait before retrying (when busy).",
+    "schema": {"type": "integer", "minimum": 1}}}
 _ERRORS[400]["description"] = ("The upload is empty or not a readable image, or it has "
                                "more than one file in field `file`.")
 _NO_INDEX: dict[int | str, dict[str, Any]] = {}
