@@ -8,8 +8,11 @@ Small public API, in the spirit of sentence-transformers::
     vecs = mkt.embed(["sofa.jpg", "chair.jpg"])    # float32 [2, 256], L2-normalised
     hits = mkt.search(["sofa.jpg"], k=5)           # [[Hit(id, score, meta), ...]]
 
-    model = mkt.load_model("path/to/bundle")       # explicit bundle, threads=...
-    index = mkt.load_index("path/to/index", model_id=model.model_id)
+    mkt.search_text("pram")[0].to_dict()           # {"query", "results": [...]}
+    mkt.price(["ps4.jpg"], title="PS4 slim")[0].price
+
+    model = mkt.load_model(precision="fp32")       # a bundle dir too; threads=...
+    index = mkt.load_index(model_id=model.model_id)
 
 Everything here runs on the torch-free runtime (onnxruntime + hnswlib). Heavy modules
 (numpy, onnxruntime, hnswlib) load on first use, not on ``import mkt``, so the CLI starts
@@ -34,6 +37,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .runtime.images import ImageSource
     from .runtime.index import Hit, Index
     from .runtime.model import Model, Prediction
+    from .runtime.price import PriceSuggestion
+    from .runtime.search import TextSearchResult
 
 _lock = threading.Lock()
 _models: dict[Any, Model] = {}
@@ -43,18 +48,21 @@ _indexes: dict[Any, Index] = {}
 def load_model(
     bundle: str | os.PathLike | Bundle | None = None,
     *,
-    variant: str | None = None,
+    precision: str | None = None,
     threads: int | None = None,
+    variant: str | None = None,
 ) -> Model:
     """Load a model bundle (default: the packaged one) into an onnxruntime CPU session.
 
     The bundle's file hashes are verified first, so a corrupt model is refused rather than
-    giving wrong answers. ``variant``: ``"int8"`` (default, fast) or ``"fp32"`` when the
-    bundle has it. ``threads``: onnxruntime intra-op threads (default: up to 4 cores).
+    giving wrong answers. ``precision``: ``"auto"`` (default: the faster of the bundle's int8
+    and fp32 models on this CPU, measured once and cached), ``"int8"`` or ``"fp32"``
+    (``variant`` is its old name). ``threads``: onnxruntime intra-op threads (default: up to
+    4 cores).
     """
     from .runtime.model import Model
 
-    return Model(bundle, variant=variant, threads=threads)
+    return Model(bundle, variant=precision or variant, threads=threads)
 
 
 def load_index(
@@ -91,14 +99,17 @@ def classify(
     k: int = 3,
     *,
     listing: bool = False,
+    title: str | None = None,
     bundle: str | os.PathLike | None = None,
 ) -> list[Prediction]:
-    """Top-``k`` categories of each photo (paths or bytes) with probabilities.
+    """Top-``k`` categories of each photo (paths or bytes) with calibrated probabilities and
+    an ``uncertain`` flag.
 
     ``listing=True``: the photos are one listing; return a single prediction from the mean
-    of their logits (several views are more reliable than one).
+    of their logits (several views are more reliable than one). ``title``: the seller's
+    title too (the bundle's learned photo + title fusion).
     """
-    return _default_model(bundle).classify(photos, k, listing=listing)
+    return _default_model(bundle).classify(photos, k, listing=listing, title=title)
 
 
 def embed(
@@ -121,6 +132,49 @@ def search(
     return idx.search(model.embed(photos), k)
 
 
+def search_text(
+    queries: str | Sequence[str],
+    k: int = 10,
+    *,
+    index: str | os.PathLike | None = None,
+    bundle: str | os.PathLike | None = None,
+) -> list[TextSearchResult]:
+    """Listings for each text query, best first: words (FTS5 BM25), meaning (the text
+    encoder) and photos (the image model's text head) fused by reciprocal rank. One
+    :class:`~mkt.runtime.search.TextSearchResult` (``.to_dict()`` -> ``{"query",
+    "results"}``) per query; an empty query raises ``MktError``."""
+    from .runtime.search import search_text as _search_text
+
+    model = _default_model(bundle)
+    idx = _default_index(index, model.model_id)
+    return _search_text(idx, model.text_encoder(), queries, k)
+
+
+def price(
+    photos: Sequence[ImageSource],
+    *,
+    title: str | None = None,
+    listing: bool = True,
+    k: int | None = None,
+    index: str | os.PathLike | None = None,
+    bundle: str | os.PathLike | None = None,
+) -> list[PriceSuggestion]:
+    """Suggested price (with a low-high range and the listings that voted) for the photos of
+    one listing (``listing=True``) or each photo; ``title``: the seller's words too."""
+    from .runtime.batch import PhotoError
+    from .runtime.errors import BadImageError
+    from .runtime.price import suggest_price
+
+    model = _default_model(bundle)
+    idx = _default_index(index, model.model_id)
+    out = []
+    for r in suggest_price(model, idx, list(photos), k=k, listing=listing, title=title):
+        if isinstance(r, PhotoError):
+            raise r.exc if r.exc is not None else BadImageError(r.error)
+        out.append(r)
+    return out
+
+
 _LAZY = {
     "Model": "mkt.runtime.model",
     "Prediction": "mkt.runtime.model",
@@ -132,6 +186,8 @@ _LAZY = {
     "BadImageError": "mkt.runtime.errors",
     "BundleError": "mkt.runtime.errors",
     "MktIndexError": "mkt.runtime.errors",
+    "TextSearchResult": "mkt.runtime.search",
+    "PriceSuggestion": "mkt.runtime.price",
 }
 
 
@@ -152,11 +208,15 @@ __all__ = [
     "MktIndexError",
     "Model",
     "Prediction",
+    "PriceSuggestion",
+    "TextSearchResult",
     "__version__",
     "classify",
     "embed",
     "load_bundle",
     "load_index",
     "load_model",
+    "price",
+    "search_text",
     "search",
 ]
