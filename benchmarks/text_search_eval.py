@@ -92,8 +92,9 @@ def main(argv=None) -> int:
     # --- MiniLM vectors (cached): full text for all, description-only for val/test, titles
     cache = a.work / f"vecs-{model_file.stem}.npz"
     if cache.is_file():
-        z = np.load(cache, allow_pickle=True)
-        full, desc_only, titles = z["full"].item(), z["desc"].item(), z["title"].item()
+        z = np.load(cache, allow_pickle=False)
+        full, desc_only, titles = ({str(k): v for k, v in zip(z[f"{n}_ids"], z[n], strict=True)}
+                                   for n in ("full", "desc", "title"))
     else:
         full, desc_only, titles = {}, {}, {}
         allp = list(L)
@@ -106,8 +107,11 @@ def main(argv=None) -> int:
         desc_only = dict(zip(qp, v, strict=True))
         v = enc.encode([L[p].title or "-" for p in allp])
         titles = dict(zip(allp, v, strict=True))
-        np.savez(cache, full=np.array(full, dtype=object), desc=np.array(desc_only, dtype=object),
-                 title=np.array(titles, dtype=object))
+        arrays = {}
+        for n, d in (("full", full), ("desc", desc_only), ("title", titles)):
+            arrays[f"{n}_ids"] = np.array(list(d), dtype=str)
+            arrays[n] = np.stack(list(d.values())).astype(np.float32)
+        np.savez(cache, **arrays)
         log(f"embedded in {time.time() - t0:.0f}s")
 
     # --- cross-modal stand-in: ridge photo embedding -> title embedding, TRAIN photos only
