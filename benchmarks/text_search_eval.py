@@ -57,7 +57,6 @@ def main(argv=None) -> int:
 
     from mkt.runtime.bundle import load_bundle
     from mkt.runtime.index import Index, listing_text
-    from mkt.runtime.model import Model
     from mkt.runtime.search import path_rankings, rrf, search_text
     from mkt.runtime.text import TextEncoder
 
