@@ -13,7 +13,6 @@ from mkt.runtime.errors import BadImageError, ImageTooLargeError, MktError
 from mkt.runtime.images import letterbox, load_image, load_letterboxed
 
 
-
 def _bytes(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:
     buf = io.BytesIO()
     im.save(buf, fmt, **kw)

@@ -25,14 +25,9 @@ TARGETS = {"top1_agreement_min": 0.98, "cosine_mean_min": 0.99, "cosine_p1_min":
 
 
 def _session(path: Path, threads: int | None):
-    import onnxruntime as ort
+    from .session import cpu_session
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = int(threads or max(1, min(4, os.cpu_count() or 1)))
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return cpu_session(path, threads)
 
 
 def run_model(path: str | os.PathLike, images: np.ndarray, *, outputs: Sequence[str] = (

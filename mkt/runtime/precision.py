@@ -99,14 +99,10 @@ def _time_model(path: Path, threads: int | None, batches: tuple[int, ...] = (1, 
                 runs: int = 4) -> dict[str, float]:
     """ms per photo at each batch size: median of ``runs`` after 2 warm runs."""
     import numpy as np
-    import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = int(threads or max(1, min(4, os.cpu_count() or 1)))
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    from .session import cpu_session
+
+    sess = cpu_session(path, threads)
     inp = sess.get_inputs()[0]
     dims = [d if isinstance(d, int) and d > 0 else 224 for d in inp.shape[1:]] or [224, 224, 3]
     rng = np.random.default_rng(0)

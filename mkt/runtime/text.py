@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BundleError, MktError
+from .session import cpu_session, default_threads
 
 
 class EmptyTextError(MktError):
@@ -32,12 +33,7 @@ class TextModelError(BundleError):
 
 
 def _threads(threads: int | None) -> int:
-    if threads:
-        return int(threads)
-    env = os.environ.get("MKT_THREADS")
-    if env and env.isdigit() and int(env) > 0:
-        return int(env)
-    return max(1, min(4, os.cpu_count() or 1))
+    return int(threads) if threads else default_threads()
 
 
 def check_text(text: Any, what: str = "text query") -> str:
@@ -91,20 +87,7 @@ class TextEncoder:
         tok.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
         self._tok = tok
 
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(
-                str(mp), sess_options=so, providers=["CPUExecutionProvider"]
-            )
-        except Exception as e:
-            raise TextModelError(f"{mp}: onnxruntime cannot load the text model ({e})") from None
+        self.session = cpu_session(mp, self.threads, error=TextModelError, what="text model")
         self._inputs = [i.name for i in self.session.get_inputs()]
         for need in ("input_ids", "attention_mask"):
             if need not in self._inputs:
@@ -179,7 +162,8 @@ class TextEncoder:
             for j, e in enumerate(encs):
                 m = int(sum(e.attention_mask))  # padding (to the batch) is cut off again
                 vals = (e.ids, e.attention_mask, e.type_ids)
-                feed = {k: np.asarray(v[:m], np.int64)[None] for k, v in zip(names, vals)}
+                feed = {k: np.asarray(v[:m], np.int64)[None]
+                        for k, v in zip(names, vals, strict=False)}
                 (emb,) = self.session.run([self._output], feed)
                 out[s + j] = np.asarray(emb, np.float32)[0]
                 trunc[s + j] = len(e.overflowing) > 0
