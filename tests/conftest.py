@@ -5,12 +5,22 @@
 - ``bundle_dir``: the packaged bundle ``mkt/assets/bundle`` if it exists, else a tiny
   random-weight bundle built once per session (needs ``onnx``; skipped without it).
 - ``make_bundle``: build a tiny random bundle with a given seed (another ``model_id``).
+
+Plain helpers (import them: ``from tests.conftest import run, jlines, build_index``):
+
+- ``run(*args)``: ``mkt`` in-process (typer's CliRunner); asserts there is never a traceback
+  and nothing but ``SystemExit`` escapes. ``res.stdout`` / ``res.stderr`` apart.
+- ``jlines(text)``: the JSON objects of ``--json`` output, one a line.
+- ``build_index(tmp_path_factory, bundle, dataset, *extra)``: ``mkt index build`` into a fresh
+  folder; returns the index dir.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,3 +80,36 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.helpers_bundle import build_dev_bundle
 
     return build_dev_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+# -- plain helpers shared by the CLI tests ---------------------------------------------------
+
+
+def _runner() -> Any:
+    from typer.testing import CliRunner
+
+    return CliRunner()
+
+
+def run(*args: Any) -> Any:
+    """``mkt ARGS`` in-process; never a traceback, nothing but SystemExit escapes."""
+    from mkt.cli import app
+
+    res = _runner().invoke(app, [str(a) for a in args])
+    both = res.stdout + res.stderr
+    assert "Traceback" not in both, both
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    return res
+
+
+def jlines(text: str) -> list[dict]:
+    """The JSON objects of ``--json`` output, one a line."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def build_index(tmp_path_factory: Any, bundle: Path, dataset: Path, *extra: Any) -> Path:
+    """``mkt index build DATASET --out <fresh dir> --bundle BUNDLE``; returns the index dir."""
+    out = tmp_path_factory.mktemp("index") / "index"
+    res = run("index", "build", dataset, "--out", out, "--bundle", bundle, *extra)
+    assert res.exit_code == 0, res.output
+    return out

@@ -23,8 +23,8 @@ from PIL import Image
 
 from mkt.runtime.errors import BadImageError, ImageTooLargeError
 from mkt.runtime.images import load_image, load_letterboxed
-from tests._cli import build_index, jlines, run
 from tests.badinputs import CASE_NAMES, Case, make_corpus
+from tests.conftest import build_index, jlines, run
 
 N_GOOD = 3
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._cli import build_index, jlines, run
+from tests.conftest import build_index, jlines, run
 
 
 def labels_of(bundle: Path) -> list[str]:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from mkt.runtime import dupes as D
-from tests._cli import jlines, run
+from tests.conftest import jlines, run
 
 # -- pure pieces ------------------------------------------------------------------------------
 

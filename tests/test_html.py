@@ -16,7 +16,7 @@ from PIL import Image
 
 from mkt.runtime.html import PhotoResolver, dupes_page, similar_page, thumbnail_data_uri
 from mkt.runtime.index import Hit
-from tests._cli import build_index, run
+from tests.conftest import build_index, run
 
 EVIL = '<script>alert("x")</script> & "quotes" <img src=x onerror=alert(1)>'
 

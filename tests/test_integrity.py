@@ -17,21 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from mkt.cli import app
 from mkt.runtime.bundle import load_bundle
 from mkt.runtime.errors import BundleError, MktError, MktIndexError
 from mkt.runtime.index import Index
-
-runner = CliRunner()
-
-
-def run(*args):
-    res = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in res.stdout + res.stderr
-    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    return res
+from tests.conftest import run
 
 
 def flip(path: Path, pos: int, bit: int = 0x01) -> None:

@@ -16,7 +16,7 @@ import typer
 from typer.testing import CliRunner
 
 from mkt.cli import app
-from tests._cli import build_index, jlines, run
+from tests.conftest import build_index, jlines, run
 
 REPO = Path(__file__).resolve().parent.parent
 

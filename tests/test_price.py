@@ -10,7 +10,7 @@ import pytest
 
 from mkt.runtime import price as P
 from mkt.runtime.index import Hit, Index
-from tests._cli import build_index, jlines, run
+from tests.conftest import build_index, jlines, run
 
 DIM = 8
 

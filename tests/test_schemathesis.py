@@ -16,7 +16,7 @@ pytest.importorskip("fastapi")
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 from mkt.serve import create_app  # noqa: E402
-from tests._cli import build_index  # noqa: E402
+from tests.conftest import build_index  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

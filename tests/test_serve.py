@@ -16,7 +16,7 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from mkt.serve import MULTIPART_OVERHEAD, create_app  # noqa: E402
-from tests._cli import build_index  # noqa: E402
+from tests.conftest import build_index  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -229,7 +229,7 @@ def test_serve_busy_port_is_one_line_exit_2(bundle_dir):
     """A port in use: one `mkt: error:` line and exit 2, before any model is loaded."""
     import socket
 
-    from tests._cli import run
+    from tests.conftest import run
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
