@@ -47,7 +47,7 @@ def reached():
     marker.write_text(stage)
     time.sleep(120)  # the test kills us here
 
-if stage == "files_written":  # both generation files written + fsynced, index.json untouched
+if stage == "files_written":  # generation files being fsynced, index.json untouched
     _fsync, calls = mi._fsync_file, []
     def fsync(p):
         _fsync(p)
@@ -64,9 +64,9 @@ elif stage == "before_swap":  # index.json.tmp complete, os.replace not yet done
     mi.os.replace = replace
 elif stage == "after_swap":  # new index.json in place, old generation not yet deleted
     _cleanup = mi.Index._cleanup
-    def cleanup(self):
+    def cleanup(self, *a):
         reached()
-        _cleanup(self)
+        _cleanup(self, *a)
     mi.Index._cleanup = cleanup
 from mkt.cli import main
 main(argv)
@@ -192,7 +192,8 @@ def test_sigkill_during_index_add(setup, bundle_dir, fixture_photos, tmp_path, s
         got = np.array([[h.score for h in hs] for hs in idx.search(q, 5)])
         np.testing.assert_allclose(got, ref_scores, atol=1e-4)
 
-    # the next write works and leaves only the current generation behind
+    # the next write works and leaves only the current generation (and the one before it,
+    # for readers that have just read the old index.json) behind
     extra = tmp_path / "after-crash.jpg"
     shutil.copyfile(fixture_photos[0], extra)
     res = _run("index", "add", d, extra, "--bundle", bundle_dir)
@@ -200,7 +201,12 @@ def test_sigkill_during_index_add(setup, bundle_dir, fixture_photos, tmp_path, s
     again = Index.open(d, model_id=model_id)
     assert again.count == idx.count + 1 and "after-crash" in again
     info = json.loads((d / "index.json").read_text())
-    assert sorted(p.name for p in d.iterdir()) == sorted(["index.json", *info["files"]])
+    g = info["generation"]
+    prev = {f"{k}-{g - 1}.{e}" for k, e in (("vectors", "hnsw"), ("meta", "sqlite"),
+                                             ("ltext", "npy"), ("xmodal", "npy"))}
+    names = {p.name for p in d.iterdir()}
+    assert {"index.json", *info["files"]} <= names
+    assert names <= {"index.json", "index.lock", *info["files"], *prev}, names
 
 
 def test_sigkill_during_index_build_force(setup, bundle_dir, tmp_path):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
+import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +33,17 @@ def _make(path, n=20, **kw) -> Index:
     return Index.create(path, model_id="m1", dim=DIM, ids=ids, vectors=_vecs(n), meta=meta, **kw)
 
 
+def allowed_names(d) -> set[str]:
+    """What may lie in an index folder after a write: index.json, the writer lock, the current
+    generation's files and the previous generation's (kept for readers that have just read the
+    old index.json)."""
+    info = json.loads((d / "index.json").read_text())
+    g = info["generation"]
+    prev = {f"{k}-{g - 1}.{e}" for k, e in (("vectors", "hnsw"), ("meta", "sqlite"),
+                                             ("ltext", "npy"), ("xmodal", "npy"))}
+    return {"index.json", mi.LOCK_NAME, *info["files"], *prev}
+
+
 def test_layout_and_roundtrip(tmp_path):
     d = tmp_path / "idx"
     _make(d, M=8, ef_construction=50, ef=20)
@@ -39,7 +54,8 @@ def test_layout_and_roundtrip(tmp_path):
     g = info["generation"]
     assert set(info["files"]) == {f"vectors-{g}.hnsw", f"meta-{g}.sqlite", f"ltext-{g}.npy",
                                   f"xmodal-{g}.npy"}
-    assert sorted(p.name for p in d.iterdir()) == sorted(["index.json", *info["files"]])
+    assert sorted(p.name for p in d.iterdir()) == sorted(["index.json", "index.lock",
+                                                          *info["files"]])
     con = sqlite3.connect(d / f"meta-{g}.sqlite")
     cols = [r[1] for r in con.execute("PRAGMA table_info(items)")]
     assert cols == ["label", "id", "product_id", "title", "price", "category", "location", "path",
@@ -71,9 +87,10 @@ def test_add_remove_search(tmp_path):
     assert idx.count == 11 and "n1" not in idx and "p0" not in idx
     hits = Index.open(d).search(extra[1], k=11)[0]
     assert len(hits) == 11 and "n1" not in {h.id for h in hits}
-    # only the current generation's files remain
+    # only the current and the previous generation's files remain
     names = {p.name for p in d.iterdir()}
-    assert names == {"index.json", *json.loads((d / "index.json").read_text())["files"]}
+    assert names <= allowed_names(d)
+    assert not any(n.startswith(f"vectors-{g0}.") for n in names)
 
 
 def test_add_existing_id_replaces(tmp_path):
@@ -132,7 +149,7 @@ def test_crash_mid_write_keeps_old_index(tmp_path, monkeypatch):
     idx.add(["y"], _vecs(1, seed=6))  # recovers; stale files from the failed write cleaned
     assert Index.open(d).count == 7
     names = {p.name for p in d.iterdir()}
-    assert names == {"index.json", *json.loads((d / "index.json").read_text())["files"]}
+    assert names <= allowed_names(d) and not any(n.endswith(".tmp") for n in names)
 
 
 def test_crash_in_os_replace_keeps_old_index(tmp_path, monkeypatch):
@@ -202,6 +219,221 @@ def test_wrong_dim_refused(tmp_path):
         idx.add(["z"], np.ones((1, DIM + 1), np.float32))
     with pytest.raises(MktIndexError):
         idx.search(np.ones((1, DIM + 1), np.float32))
+
+
+# -- hostile index folders ----------------------------------------------------------------------
+
+
+def _rehash(d, info) -> None:
+    """Recompute the sha256 of every listed file and rewrite index.json (an attacker's edit)."""
+    import hashlib
+
+    info["files"] = {n: hashlib.sha256((d / n).read_bytes()).hexdigest() for n in info["files"]}
+    (d / "index.json").write_text(json.dumps(info))
+
+
+def _refused(d, *needles) -> str:
+    with pytest.raises(MktIndexError) as e:
+        Index.open(d)
+    msg = str(e.value)
+    assert "\n" not in msg and str(d) in msg, msg
+    for n in needles:
+        assert n in msg, (n, msg)
+    return msg
+
+
+@pytest.fixture
+def hostile(tmp_path):
+    """(index folder, pristine copy of its index.json as a dict, restore())."""
+    import shutil
+
+    src = tmp_path / "src"
+    _make(src, n=12)
+    d = tmp_path / "idx"
+
+    def restore():
+        shutil.rmtree(d, ignore_errors=True)
+        shutil.copytree(src, d)
+        return json.loads((d / "index.json").read_text())
+
+    return d, restore
+
+
+def test_hostile_file_names_refused(hostile, tmp_path):
+    d, restore = hostile
+    info = restore()
+    g = info["generation"]
+    meta = f"meta-{g}.sqlite"
+    outside = tmp_path / "outside.sqlite"
+    for bad in ("../outside.sqlite", str(outside), f"sub/{meta}", f"./{meta}", "..", ""):
+        info = restore()
+        (d / "sub").mkdir()
+        (d / "sub" / meta).write_bytes((d / meta).read_bytes())
+        outside.write_bytes((d / meta).read_bytes())
+        info["files"][bad] = info["files"].pop(meta)
+        (d / "index.json").write_text(json.dumps(info))
+        _refused(d, "index.json")
+    # a listed name that is a symlink to a byte-identical file outside: refused, not followed
+    info = restore()
+    outside.write_bytes((d / meta).read_bytes())
+    (d / meta).unlink()
+    (d / meta).symlink_to(outside)
+    _refused(d, "symlink")
+    # a FIFO in place of a listed file: refused at once (reading it would block forever)
+    restore()
+    (d / meta).unlink()
+    os.mkfifo(d / meta)
+    _refused(d, "not a regular file")
+
+
+@pytest.mark.parametrize("key, value", [
+    ("ef", -1), ("ef", 0), ("ef", 10**9), ("ef", "64"), ("ef", 1.5), ("ef", True), ("ef", None),
+    ("M", 1), ("M", 10**6), ("ef_construction", 0), ("dim", 0), ("dim", -16), ("dim", 10**7),
+    ("count", -1), ("count", 10**12), ("count", 13), ("generation", -1),
+    ("generation", "0"), ("schema_version", True), ("model_id", ""), ("model_id", 7),
+    ("files", []), ("provenance", "x"), ("text", None),
+    ("text.dim", 0), ("text.dim", 5000), ("text.dim", 383), ("text.listings", -1),
+    ("text.listings", "6"), ("text.listings", 7), ("text.listing_vectors", 1),
+    ("text.photo_text_vectors", 2**40), ("text.photo_text_vectors", None),
+])
+def test_hostile_numbers_refused(hostile, key, value):
+    d, restore = hostile
+    info = restore()
+    obj, k = (info["text"], key[5:]) if key.startswith("text.") else (info, key)
+    if value is None:
+        del obj[k]
+    else:
+        obj[k] = value
+    (d / "index.json").write_text(json.dumps(info))
+    _refused(d)
+
+
+def test_hostile_index_json_shape_refused(hostile):
+    d, restore = hostile
+    info = restore()
+    ij = d / "index.json"
+    # deeply nested: one line, no RecursionError
+    ij.write_text('{"provenance": {"x": ' + "[" * 100_000 + "]" * 100_000 + "}}")
+    _refused(d, "nested")
+    ij.write_text(json.dumps({**info, "provenance": {"x": [[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]}}))
+    _refused(d, "nested")
+    # huge: refused without reading it all
+    ij.write_text(json.dumps({**info, "provenance": {"note": "x" * (3 << 20)}}))
+    _refused(d, "bytes")
+    ij.write_bytes(b"\xff\xfe{}")
+    _refused(d, "malformed")
+    for body in ("[]", "null", "1e999", '"x"'):
+        ij.write_text(body)
+        _refused(d, "malformed")
+    # an extra listed file, a bad hash string
+    info = restore()
+    ij.write_text(json.dumps({**info, "files": {**info["files"], "extra.bin": "0" * 64}}))
+    _refused(d, "extra.bin")
+    info = restore()
+    name = next(iter(info["files"]))
+    ij.write_text(json.dumps({**info, "files": {**info["files"], name: "zz"}}))
+    _refused(d, "sha256")
+
+
+@pytest.mark.parametrize("sql", [
+    "DROP TABLE listings",
+    "ALTER TABLE items RENAME COLUMN title TO name",
+    "DROP TABLE listing_fts",
+    "CREATE TRIGGER t AFTER DELETE ON items BEGIN DELETE FROM listings; END",
+    "CREATE VIEW v AS SELECT 1",
+    "UPDATE items SET label = label + 1000",
+    "UPDATE items SET xrow = 99 WHERE label = 0",
+    "UPDATE listings SET vrow = -1",
+    "garbage",
+    "DELETE FROM listing_fts_data",
+    "UPDATE listing_fts_data SET block = x'00'",  # (sqlite's check passes this one)
+])
+def test_altered_and_rehashed_sqlite_refused(hostile, sql):
+    """The metadata file edited (or replaced by garbage) and its sha256 recomputed: one
+    MktIndexError line at open, never sqlite3.OperationalError later."""
+    d, restore = hostile
+    info = restore()
+    meta = d / next(n for n in info["files"] if n.endswith(".sqlite"))
+    if sql == "garbage":
+        meta.write_bytes(b"SQLite format 3\0" + os.urandom(4096))
+    else:
+        con = sqlite3.connect(meta)
+        if "vrow" in sql:  # give the listings a vector row to corrupt
+            con.execute("UPDATE listings SET vrow = 0, vkey = 'x' WHERE lid = 1")
+        con.execute(sql)
+        con.commit()
+        con.close()
+    _rehash(d, info)
+    if "block" not in sql:
+        _refused(d, "cannot load index files")
+        return
+    idx = Index.open(d)  # every query works or fails with one MktIndexError line
+    for call in (idx.ids, lambda: idx.search(_vecs(1), 5), idx.text_counts,
+                 lambda: idx.fts("thing"), idx.listing_vectors, idx.photo_text_vectors):
+        with contextlib.suppress(MktIndexError):
+            call()
+
+
+def test_altered_and_rehashed_vectors_header_refused(hostile):
+    d, restore = hostile
+    for field, value in ((1, 2**60), (2, 10**6), (3, 7)):  # max_elements, count, per-element
+        info = restore()
+        vec = d / next(n for n in info["files"] if n.endswith(".hnsw"))
+        data = bytearray(vec.read_bytes())
+        data[8 * field: 8 * field + 8] = struct.pack("<Q", value)
+        vec.write_bytes(bytes(data))
+        _rehash(d, info)
+        _refused(d, "vectors")
+
+
+def test_create_on_unwritable_path_fails_first_and_leaves_nothing(tmp_path, monkeypatch):
+    """check_index_writable refuses a path that cannot be written before any work; a create
+    that fails part-way leaves no files and no folder it made."""
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    for bad in (f / "idx", f, Path("/proc/mkt-no-such/idx")):
+        with pytest.raises(MktIndexError, match="cannot write"):
+            mi.check_index_writable(bad)
+        with pytest.raises(MktIndexError):
+            _make(bad)
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        try:
+            with pytest.raises(MktIndexError, match="cannot write"):
+                mi.check_index_writable(ro / "new" / "idx")
+        finally:
+            ro.chmod(0o755)
+    mi.check_index_writable(tmp_path / "new" / "deeper")  # fine, and leaves nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+    bad_vecs = _vecs(3)
+    bad_vecs[1, 0] = np.nan
+    with pytest.raises(MktIndexError, match="NaN"):
+        Index.create(tmp_path / "n" / "idx", model_id="m1", dim=DIM, ids=["a", "b", "c"],
+                     vectors=bad_vecs)
+    assert not (tmp_path / "n" / "idx").exists()
+
+    def boom(path, obj):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(mi, "_write_json_atomic", boom)
+    with pytest.raises(MktIndexError, match="disk full"):
+        _make(tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    (tmp_path / "y").mkdir()  # a folder that was there before: kept, but emptied of our files
+    with pytest.raises(MktIndexError, match="disk full"):
+        _make(tmp_path / "y")
+    assert [p.name for p in (tmp_path / "y").iterdir()] in ([], ["index.lock"])
+
+
+def test_session_ef_is_not_saved(tmp_path):
+    idx = _make(tmp_path / "i", n=5, ef=20)
+    idx.set_ef(200)
+    idx.add(["z"], _vecs(1, seed=3))
+    assert idx.ef == 200
+    assert json.loads((tmp_path / "i" / "index.json").read_text())["ef"] == 20
 
 
 # -- catalogue (dataset folders) --------------------------------------------------------------

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +28,32 @@ from .output import ProgressBar, console, emit_json, show_kv
 index_app = new_app(help="Build and maintain similarity indexes (hnswlib + sqlite).")
 
 IndexArg = Annotated[Path, typer.Argument(help="Index directory.", metavar="INDEX")]
+WaitOpt = Annotated[float | None, typer.Option(
+    "--wait", min=0, metavar="SECONDS",
+    help="How long to wait for another command writing the same index before giving up "
+         "with 'index busy' (default 60, or MKT_INDEX_WAIT).")]
+
+
+@contextlib.contextmanager
+def _writing(wait: float | None) -> Iterator[None]:
+    """Around an index write: ``--wait`` for the runtime (MKT_INDEX_WAIT while it runs, for
+    writes made deeper down), and the "index busy" error with what to do about it."""
+    from ..runtime.index import IndexBusyError
+
+    old = os.environ.get("MKT_INDEX_WAIT")
+    if wait is not None:
+        os.environ["MKT_INDEX_WAIT"] = repr(float(wait))
+    try:
+        yield
+    except IndexBusyError as e:
+        raise IndexBusyError(f"{e}; try again, or pass --wait SECONDS to wait longer"
+                             ) from None
+    finally:
+        if wait is not None:
+            if old is None:
+                os.environ.pop("MKT_INDEX_WAIT", None)
+            else:
+                os.environ["MKT_INDEX_WAIT"] = old
 
 
 def register(app: typer.Typer) -> None:
@@ -58,6 +87,7 @@ def index_build_command(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing index.")] = False,
     threads: ThreadsOpt = None,
     precision: PrecisionOpt = None,
+    wait: WaitOpt = None,
 ) -> None:
     """Embed every photo of SOURCE and write a new index (bad photos reported and skipped)."""
     from ..runtime.errors import MktError
@@ -67,9 +97,10 @@ def index_build_command(
     if (out / INDEX_JSON).exists() and not force:  # before loading the model
         raise MktError(f"{out}: an index already exists (use --force, or `mkt index add`)")
     model = load_model(bundle, threads, precision)
-    rep = _with_progress(build_index, model, source, out, M=m, ef_construction=ef_construction,
-                         ef=ef, overwrite=force, batch_size=batch,
-                         command=" ".join(["mkt", *sys.argv[1:]]))
+    with _writing(wait):
+        rep = _with_progress(build_index, model, source, out, M=m,
+                             ef_construction=ef_construction, ef=ef, overwrite=force,
+                             batch_size=batch, command=" ".join(["mkt", *sys.argv[1:]]))
     idx = rep.index
     sys.stderr.write(f"mkt: indexed {idx.count} photos into {out} (model {idx.model_id}, "
                      f"generation {idx.generation}); {len(rep.errors)} skipped\n")
@@ -86,6 +117,7 @@ def index_add_command(
     batch: BatchOpt = 32,
     threads: ThreadsOpt = None,
     precision: PrecisionOpt = None,
+    wait: WaitOpt = None,
 ) -> None:
     """Add photos (id = file stem; an existing id is replaced) to an index."""
     from ..runtime.indexing import add_to_index
@@ -93,7 +125,9 @@ def index_add_command(
 
     model = load_model(bundle, threads, precision)
     idx = open_index(index, model)
-    rep = _with_progress(add_to_index, model, idx, sources, batch_size=batch)
+    idx.wait = wait
+    with _writing(wait):
+        rep = _with_progress(add_to_index, model, idx, sources, batch_size=batch)
     sys.stderr.write(f"mkt: added {rep.added} photos; index now has {idx.count}\n")
     if rep.errors:
         raise typer.Exit(1)
@@ -103,16 +137,19 @@ def index_add_command(
 def index_remove_command(
     index: IndexArg,
     ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Photo ids to remove.")],
+    wait: WaitOpt = None,
 ) -> None:
     """Remove photos from an index by id."""
     from .options import open_index
 
     idx = open_index(index)
-    before = idx.count
-    missing = idx.remove(ids)
+    idx.wait = wait
+    with _writing(wait):
+        missing = idx.remove(ids)
     for i in missing:
         err_line(f"{index}: no photo with id '{i}'")
-    sys.stderr.write(f"mkt: removed {before - idx.count} photos; index now has {idx.count}\n")
+    removed = len(dict.fromkeys(ids)) - len(missing)
+    sys.stderr.write(f"mkt: removed {removed} photos; index now has {idx.count}\n")
     if missing:
         raise typer.Exit(1)
 
