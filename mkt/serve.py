@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import Body, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
@@ -52,8 +52,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
 from .runtime.batch import PhotoError, SimilarResult, classify_photos, similar_photos
-from .runtime.errors import ImageTooLargeError, MktIndexError
+from .runtime.errors import ImageTooLargeError, MktError, MktIndexError
 from .runtime.price import PriceSuggestion, suggest_price
+from .runtime.search import TextSearchResult
 
 #: Largest accepted photo upload (bytes). A phone photo is 2-5 MB.
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -411,6 +412,7 @@ def create_app(
     eager: bool = False,
     max_inflight: int = MAX_INFLIGHT,
     body_timeout: float = BODY_TIMEOUT,
+    precision: str | None = None,
 ) -> FastAPI:
     """Build the FastAPI app.
 
@@ -420,6 +422,7 @@ def create_app(
     only disables /similar and /price (503). ``eager``: load now (raising
     :class:`MktError`) instead of at startup, so a command line can fail before serving.
     ``max_inflight`` / ``body_timeout``: see :class:`UploadGuard` (docs/reliability.md).
+    ``precision``: ``auto`` (default: the faster of int8/fp32 on this CPU), ``int8``, ``fp32``.
     """
     st = _State()
     st.model = model
@@ -430,7 +433,7 @@ def create_app(
             if st.model is None:
                 from .runtime.model import Model
 
-                st.model = Model(bundle, threads=threads)
+                st.model = Model(bundle, threads=threads, variant=precision)
             if st.index is None and st.index_error is None:
                 from .runtime.index import Index
 
@@ -550,6 +553,17 @@ def create_app(
             with st.search_lock:
                 return self.idx.get(photo_id)
 
+        def __getattr__(self, name: str) -> Any:  # other read-only queries (text, listings)
+            attr = getattr(self.idx, name)
+            if not callable(attr):
+                return attr
+
+            def locked(*a: Any, **kw: Any) -> Any:
+                with st.search_lock:
+                    return attr(*a, **kw)
+
+            return locked
+
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
         return RedirectResponse("/docs")
@@ -575,8 +589,11 @@ def create_app(
         request: Request,
         file: UploadFile = File(..., description="The photo (JPEG, PNG, WebP, ...)."),
         k: int = Query(3, ge=1, le=50, description="How many categories."),
+        title: str | None = Form(None, min_length=1, max_length=10_000,
+                                 description="The seller's title: the category from photo "
+                                             "and title together."),
     ) -> JSONResponse:
-        return await answer(classify_photos, request, file, k=k)
+        return await answer(classify_photos, request, file, k=k, title=title)
 
     @app.post("/similar", response_model=None,
               responses={**_answer(SimilarResult, "Most similar photos, best first."),
@@ -598,8 +615,35 @@ def create_app(
         file: UploadFile = File(..., description="The photo (JPEG, PNG, WebP, ...)."),
         k: int | None = Query(None, ge=1, le=200,
                               description="How many listings vote (default: the tuned one)."),
+        title: str | None = Form(None, min_length=1, max_length=10_000,
+                                 description="The seller's title: neighbours by photo and "
+                                             "title together."),
     ) -> JSONResponse:
-        return await answer(suggest_price, request, file, indexed=True, k=k)
+        return await answer(suggest_price, request, file, indexed=True, k=k, title=title)
+
+    def run_search(query: str, k: int) -> dict[str, Any]:
+        from .runtime.search import search_text
+
+        idx = _Locked(need_index())
+        try:
+            (r,) = search_text(idx, ready().model.text_encoder(), [query], k)
+        except MktIndexError as e:
+            raise HTTPException(503, str(e)) from None
+        except MktError as e:
+            raise HTTPException(400, str(e)) from None
+        return r.to_dict()
+
+    @app.post("/search", response_model=None,
+              responses={**_answer(TextSearchResult, "Listings best first."),
+                         400: {"model": ErrorDetail, "description": "Empty query."},
+                         422: _ERRORS[422], 503: _ERRORS[503]},
+              summary="Listings for a text query (words, meaning and photos fused)")
+    async def search(
+        query: str = Body(..., embed=True, min_length=1, max_length=10_000,
+                          description="What the buyer types, e.g. \"kids bike\"."),
+        k: int = Body(10, embed=True, ge=1, le=100, description="How many listings."),
+    ) -> JSONResponse:
+        return JSONResponse(await run_in_threadpool(run_search, query, k))
 
     return app
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .errors import fail, require_extra, warn_line
-from .options import BundleOpt, IndexOpt, ThreadsOpt, command
+from .options import BundleOpt, IndexOpt, PrecisionOpt, ThreadsOpt, command
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -26,6 +26,7 @@ def serve_command(
     bundle: BundleOpt = None,
     index: IndexOpt = None,
     threads: ThreadsOpt = None,
+    precision: PrecisionOpt = None,
     max_upload_mb: Annotated[float, typer.Option(
         "--max-upload-mb", min=0.01, metavar="MB", help="Largest accepted upload.")] = 10.0,
     log_level: Annotated[str, typer.Option("--log-level", metavar="LEVEL",
@@ -65,7 +66,8 @@ def serve_command(
                   "authentication, put it behind a proxy")
     app = create_app(bundle=bundle, index=index, threads=threads,
                      max_upload_bytes=int(max_upload_mb * 1024 * 1024), eager=True,
-                     max_inflight=max_inflight, body_timeout=body_timeout)
+                     max_inflight=max_inflight, body_timeout=body_timeout,
+                     precision=precision)
     run_server(app, host, port, max_connections=max_connections,
                header_timeout=header_timeout, keep_alive=keep_alive, log_level=log_level,
                access_log=access_log)
