@@ -428,6 +428,48 @@ def test_create_on_unwritable_path_fails_first_and_leaves_nothing(tmp_path, monk
     assert [p.name for p in (tmp_path / "y").iterdir()] in ([], ["index.lock"])
 
 
+def test_reader_starts_again_when_generations_swap_under_it(tmp_path, monkeypatch):
+    """A reader has read index.json (generation g) when two writes commit g+1 and g+2 (g's
+    files deleted): it opens g+2 instead of failing. A file missing while index.json stays the
+    same is still refused."""
+    d = tmp_path / "idx"
+    _make(d, n=6)
+    writer = Index.open(d)
+    real = mi._open_member
+    calls = []
+
+    def racing(dd, name, ij):
+        calls.append(name)
+        if len(calls) == 1:  # between reading index.json and opening the first file
+            writer.add(["a"], _vecs(1, seed=21))
+            writer.add(["b"], _vecs(1, seed=22))
+            assert not (d / name).exists()
+        return real(dd, name, ij)
+
+    monkeypatch.setattr(mi, "_open_member", racing)
+    idx = Index.open(d)
+    assert idx.count == 8 and "b" in idx and idx.generation == writer.generation
+    monkeypatch.undo()
+    info = json.loads((d / "index.json").read_text())
+    (d / next(n for n in info["files"] if n.endswith(".npy"))).unlink()
+    _refused(d, "missing")
+
+
+def test_stale_writer_builds_on_the_latest_generation(tmp_path):
+    """Two Index objects opened at the same generation both write: the second catches up
+    under the lock instead of overwriting the first's change."""
+    d = tmp_path / "idx"
+    _make(d, n=6)
+    one, two = Index.open(d), Index.open(d)
+    one.add(["x"], _vecs(1, seed=31))
+    assert two.remove(["p0", "x", "nope"]) == ["nope"]  # sees "x", added by the other
+    two.add(["y"], _vecs(1, seed=32))
+    again = Index.open(d)
+    assert sorted(again.ids()) == sorted([f"p{i}" for i in range(1, 6)] + ["y"])
+    assert again.search(_vecs(1, seed=32), 1)[0][0].id == "y"
+    assert one.remove(["zz"]) == ["zz"] and Index.open(d).generation == again.generation
+
+
 def test_session_ef_is_not_saved(tmp_path):
     idx = _make(tmp_path / "i", n=5, ef=20)
     idx.set_ef(200)
