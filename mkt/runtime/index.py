@@ -284,7 +284,7 @@ def _try_lock(fd: int) -> bool:
         import msvcrt
 
         try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
             return True
         except OSError:
             return False
@@ -808,11 +808,11 @@ class Index:
                         if b is not None and (a < 0 or b >= len(arr)):
                             raise ValueError(f"{what} text vector rows out of range")
                     nl = db.execute("SELECT COUNT(*) FROM listings").fetchone()[0]
-                    for k, got in (("listings", nl), ("listing_vectors", len(vecs.ltext)),
-                                   ("photo_text_vectors", len(vecs.xmod))):
-                        if tinfo[k] != got:
+                    for k, have in (("listings", nl), ("listing_vectors", len(vecs.ltext)),
+                                    ("photo_text_vectors", len(vecs.xmod))):
+                        if tinfo[k] != have:
                             raise MktIndexError(
-                                f"{ij}: text.{k} is {tinfo[k]} but the files hold {got}; "
+                                f"{ij}: text.{k} is {tinfo[k]} but the files hold {have}; "
                                 "index corrupt or modified, rebuild it")
             except (RuntimeError, sqlite3.Error, OSError, ValueError, TypeError,
                     MemoryError) as e:
@@ -869,7 +869,7 @@ class Index:
 
     def info(self) -> dict[str, Any]:
         """``index.json`` contents plus the path, for `mkt index info`."""
-        d = {"path": str(self.path)}
+        d: dict[str, Any] = {"path": str(self.path)}
         d.update({k: v for k, v in self._info.items()})
         row = self._db.execute(
             "SELECT COUNT(product_id), COUNT(DISTINCT product_id) FROM items"
@@ -1121,8 +1121,8 @@ class Index:
                 base = len(st.xmod)
                 sel = np.flatnonzero(has)
                 st.xmod = np.concatenate([st.xmod, tv[sel]])
-                for j, i in enumerate(sel):
-                    xrows[int(i)] = base + j
+                for j, si in enumerate(sel):
+                    xrows[int(si)] = base + j
             conn.executemany(
                 "INSERT INTO items (label, id, product_id, title, price, category, location, "
                 "path, description, xrow) VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -1180,7 +1180,7 @@ class Index:
         new = []
         for pid, t, dsc, price, cat in rows:
             vr, vk = old.get(pid, (None, None))
-            key = _text_key(listing_text(t, dsc))
+            key: str | None = _text_key(listing_text(t, dsc))
             if vr is not None and vk == key:
                 keep_l.append(int(vr))
                 nr: int | None = len(keep_l) - 1
