@@ -135,11 +135,12 @@ def build_index(
     source (which :class:`~mkt.runtime.html.PhotoResolver` uses to find the photos again).
     """
     from .catalogue import iter_source
-    from .index import INDEX_JSON, Index
+    from .index import INDEX_JSON, Index, check_index_writable
 
     out = Path(out)
     if (out / INDEX_JSON).exists() and not overwrite:
         raise MktError(f"{out}: an index already exists (use --force, or `mkt index add`)")
+    check_index_writable(out)  # before minutes of embedding, not after
     items = iter_source(source)
     if not items:
         raise MktError(f"{source}: no photos found")
