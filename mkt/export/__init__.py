@@ -258,7 +258,7 @@ def export_bundle(
 
 def _calibrate(fp32: Path, data: Path, labels: list[str], size: int, seed: int, bdir: Path,
                run_onnx: Callable[..., Any], log: Callable[[str], None],
-               n_train: int = 4000) -> dict[str, Any]:
+               n_train: int = 4000) -> dict[str, Any] | None:
     """Fit the temperature and the uncertainty thresholds on val (fp32 model, contract path);
     writes ``reference.npy`` into the bundle and returns the manifest's calibration section."""
     import numpy as np
@@ -267,6 +267,9 @@ def _calibrate(fp32: Path, data: Path, labels: list[str], size: int, seed: int, 
     from .parity import split_photo_set
 
     val = split_photo_set(data, labels, size, "val", None, seed)
+    if len(val) < 20:
+        log(f"calibration skipped: {len(val)} val photos in {data} (need at least 20)")
+        return None
     train = split_photo_set(data, labels, size, "train", n_train, seed)
     log(f"calibration on {len(val)} val photos, reference set from {len(train)} train photos")
     vl, ve = run_onnx(fp32, val.images)[:2]
