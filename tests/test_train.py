@@ -47,9 +47,10 @@ def test_tiny_training_loss_falls_and_checkpoint_reloads(data_dir, tmp_path, arc
     model2, _ = load_checkpoint(ckpt_path)
     x = torch.randn(2, 3, ckpt["input_size"], ckpt["input_size"])
     with torch.no_grad():
-        a_logits, a_emb = model(x)
-        b_logits, b_emb = model2(x)
+        a_logits, a_emb, a_text = model(x)
+        b_logits, b_emb, b_text = model2(x)
     assert torch.equal(a_logits, b_logits) and torch.equal(a_emb, b_emb)
+    assert torch.equal(a_text, b_text) and a_text.shape == (2, ckpt["text_dim"])
     assert a_logits.shape == (2, len(ckpt["labels"]))
     assert torch.allclose(a_emb.norm(dim=1), torch.ones(2), atol=1e-5)
 

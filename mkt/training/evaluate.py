@@ -11,6 +11,10 @@ listing's photo logits), per-class accuracy, confusion matrix; same-listing reca
 the test photos; category precision@10 of test photos against the train photos (the catalogue,
 as `mkt similar` searches it); kNN price suggestion (median log price of the 25 nearest train
 photos with a valid price, averaged over a listing's photos), R² against the true log price.
+Text head: title -> photo recall@10 (query = the frozen MiniLM embedding of each test listing's
+title, database = the test photos' ``text_embedding``; hit = a photo of that listing in the top
+10). Calibration: ECE (15 bins) of the photo softmax before and after the checkpoint's
+temperature (fitted on val at training time).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from threadpoolctl import threadpool_limits
 
 from mkt.training import metrics as M
 from mkt.training.report import md_table, plot_confusion, plot_per_class, write_json
+from mkt.training.train import ece_score
 
 TARGETS = {"photo_top1": 0.70, "recall@1": 0.70, "recall@10": 0.90, "precision@10": 0.60,
            "price_r2_log": 0.40}
@@ -93,6 +98,25 @@ def _probe_logits(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray,
     return out
 
 
+def _text_metrics(data: Path, td, te: np.ndarray, temb: np.ndarray | None, ckpt: dict) -> dict:
+    """Title -> photo recall@10 of the text head on the test split."""
+    from mkt.training.text import TEXT_MODEL, title_embeddings
+    from mkt.training.train import title_recall_at_k
+
+    if temb is None or "text_dim" not in ckpt:
+        return {"unavailable": "checkpoint has no trained text head"}
+    pids = sorted(set(td.product_ids))
+    cache = Path(ckpt.get("config", {}).get("cache_dir") or "") / "titles-minilm.npy"
+    cache = cache if cache.parent.is_dir() and str(cache.parent) not in ("", ".") else None
+    text = title_embeddings(data, pids, cache)
+    lst = td.listing[te]
+    return {"title_recall@10": title_recall_at_k(temb, lst, text[lst], 10),
+            "title_recall@1": title_recall_at_k(temb, lst, text[lst], 1),
+            "queries": int(len(np.unique(lst))), "database_photos": int(len(lst)),
+            "text_model": TEXT_MODEL,
+            "text_weight": (ckpt.get("config") or {}).get("text_weight")}
+
+
 def evaluate(checkpoint: Path, data: Path | None = None, out: Path | None = None,
              baseline: bool = True, limit: int | None = None, progress: bool = False) -> dict:
     """Evaluate ``checkpoint`` on the test split; writes report.json/.md and PNGs to ``out``.
@@ -137,6 +161,18 @@ def evaluate(checkpoint: Path, data: Path | None = None, out: Path | None = None
         ft = score(o_te["logits"], o_te["embedding"], y_te, lst_te, lp_te, o_tr["embedding"],
                    y_tr, lp_tr, n)
     timings["metrics_finetuned_s"] = round(time.time() - t, 1)
+    t = time.time()
+    text_info = _text_metrics(data, td, te, o_te.get("text_embedding"), ckpt)
+    timings["text_metrics_s"] = round(time.time() - t, 1)
+    temp = float((ckpt.get("calibration") or {}).get("temperature")
+                 or (ckpt.get("metrics") or {}).get("temperature") or 1.0)
+    ft["ece"] = ece_score(o_te["logits"], y_te)
+    ft["ece_calibrated"] = ece_score(o_te["logits"], y_te, temperature=temp)
+    ft["title_recall@10"] = text_info.get("title_recall@10", float("nan"))
+    calibration = {"temperature": temp, "ece_test_before": ft["ece"],
+                   "ece_test_after": ft["ece_calibrated"], "bins": 15,
+                   **{k: v for k, v in (ckpt.get("calibration") or {}).items()
+                      if k.startswith("ece_val")}}
 
     base: dict | None = None
     base_info: dict = {"requested": baseline}
@@ -194,6 +230,8 @@ def evaluate(checkpoint: Path, data: Path | None = None, out: Path | None = None
         "finetuned": ft,
         "baseline": base,
         "baseline_info": base_info,
+        "text": text_info,
+        "calibration": calibration,
         "timings": timings,
     }
     report["finetuned_meets_targets"] = {k: bool(ft[k] >= v) for k, v in TARGETS.items()
@@ -254,6 +292,22 @@ def render_markdown(r: dict) -> str:
         pc_rows.append([lab, c["test_per_class"][lab],
                         base["per_class"][i] if base else None, ft["per_class"][i]])
     lines.append(md_table(["class", "test photos", "frozen ImageNet", "fine-tuned"], pc_rows))
+    tx, cal = r.get("text") or {}, r.get("calibration") or {}
+    lines.append("## Text head and calibration\n")
+    if "title_recall@10" in tx:
+        lines.append(f"Title -> photo recall@10 (test): {tx['title_recall@10']:.3f} "
+                     f"(@1 {tx['title_recall@1']:.3f}); {tx['queries']} title queries "
+                     f"({tx['text_model']}) against {tx['database_photos']} test photos' "
+                     "text_embedding.\n")
+    else:
+        lines.append(f"Text head: {tx.get('unavailable', 'not evaluated')}.\n")
+    if cal:
+        val = ""
+        if "ece_val_before" in cal:
+            val = (f"; val {cal['ece_val_before']:.3f} -> {cal['ece_val_after']:.3f}")
+        lines.append(f"ECE (15 bins), temperature T = {cal['temperature']:.3f} fitted on val: "
+                     f"test {cal['ece_test_before']:.3f} -> {cal['ece_test_after']:.3f}{val} "
+                     "(target <= 0.05).\n")
     lines.append("![per-class accuracy](per_class.png)\n\n![confusion matrix](confusion.png)\n")
     lines.append("Timings (s): " + ", ".join(f"{k} {v}" for k, v in r["timings"].items()))
     return "\n".join(lines) + "\n"

@@ -62,26 +62,28 @@ class _Outputs(nn.Module):
 
     def forward(self, x: torch.Tensor):
         feats = self.model.tail(self.model.stem(x))
-        logits, emb = self.model.heads(feats)
-        return logits, emb, feats
+        logits, emb, temb = self.model.heads(feats)
+        return logits, emb, temb, feats
 
 
 def model_outputs(model: nn.Module, paths: Sequence[Path | str], mean: Sequence[float],
                   std: Sequence[float], size: int, batch: int = 64,
                   progress: bool = True) -> dict[str, np.ndarray]:
-    """logits, embeddings and pooled trunk features of ``model`` for each photo (eval view)."""
+    """logits, embeddings, text embeddings and pooled trunk features of each photo (eval view)."""
     from rich.progress import Progress
 
-    sess = ort_session(_Outputs(model), torch.zeros(1, 3, size, size), n_outputs=3)
-    chunks: dict[str, list[np.ndarray]] = {"logits": [], "embedding": [], "features": []}
+    sess = ort_session(_Outputs(model), torch.zeros(1, 3, size, size), n_outputs=4)
+    chunks: dict[str, list[np.ndarray]] = {"logits": [], "embedding": [], "text_embedding": [],
+                                           "features": []}
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("inference", total=len(paths))
         for i in range(0, len(paths), batch):
             part = paths[i:i + batch]
             x = normalise(np.stack([load_uint8(p, size) for p in part]), mean, std)
-            lo, em, fe = sess.run(None, {"x": x})
+            lo, em, te, fe = sess.run(None, {"x": x})
             chunks["logits"].append(lo)
             chunks["embedding"].append(em)
+            chunks["text_embedding"].append(te)
             chunks["features"].append(fe)
             bar.advance(task, len(part))
     return {k: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for k, v in chunks.items()}

@@ -47,6 +47,7 @@ class TrainConfig:
     data: str
     out: str
     arch: str = "efficientnet_lite0"
+    split: int | None = None  # first tuned block (cache point); None: the arch's default
     weights: str | None = "imagenet"  # "imagenet", a state-dict file, or None (random init)
     mode: str = "auto"  # auto | cached | full
     images: str | None = None  # photo folder; default <src>/images of the cleaned data
@@ -62,6 +63,14 @@ class TrainConfig:
     temperature: float = 0.1
     metric_weight: float = 1.0
     embed_dim: int = 256
+    text_dim: int = 384
+    text_weight: float = 0.0  # LiT-style loss to frozen MiniLM title embeddings (0: off)
+    text_temperature: float = 0.05
+    freeze_tail_blocks: int = 0  # first tail blocks kept frozen (a later split on one cache)
+    ema: float = 0.0  # EMA decay of the weights a step (0: off); val and best.pt use the EMA
+    mixup: float = 0.0  # cached mode: probability a batch mixes stem activations (0: off)
+    mixup_alpha: float = 0.4
+    calibrate: bool = True  # fit a temperature on val logits of best.pt
     n_aug: int = 3  # cached mode: augmented views a train photo (mirror + random crops)
     seed: int = 0
     patience: int = 3
@@ -252,21 +261,119 @@ def recall_at_1(emb: np.ndarray, listing: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def predict(model: MktNet, feeder, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def predict(model: MktNet, feeder, rows: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logits, embedding, text_embedding) of each row's eval view."""
     model.eval()
-    logits, embs = [], []
+    logits, embs, tembs = [], [], []
     for x in feeder.eval_batches(rows):
-        lo, em = feeder.forward(model, x)
+        lo, em, te = feeder.forward(model, x)
         logits.append(lo.float().cpu().numpy())
         embs.append(em.float().cpu().numpy())
-    return np.concatenate(logits), np.concatenate(embs)
+        tembs.append(te.float().cpu().numpy())
+    return np.concatenate(logits), np.concatenate(embs), np.concatenate(tembs)
+
+
+def text_loss(temb: torch.Tensor, groups: torch.Tensor, text: torch.Tensor,
+              temperature: float, soft: torch.Tensor | None = None) -> torch.Tensor:
+    """LiT-style contrastive loss between photo text embeddings and frozen title embeddings.
+
+    ``temb`` [N, D] photo side, ``groups`` [N] listing ids, ``text`` [N, D] each row's title
+    embedding. Listing-level positives: photo -> the batch's unique titles (cross-entropy), and
+    title -> the photos of its listing (multi-positive). ``soft`` [N, U] optional soft targets
+    over the unique listings (mixup).
+    """
+    uniq, inv = torch.unique(groups, return_inverse=True)
+    first = torch.zeros(len(uniq), dtype=torch.long, device=groups.device)
+    first.scatter_(0, inv, torch.arange(len(groups), device=groups.device))
+    t = text[first]  # [U, D]
+    logits = temb @ t.T / temperature  # [N, U]
+    target = soft if soft is not None else F.one_hot(inv, len(uniq)).float()
+    i2t = -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
+    pos = target.T  # [U, N]
+    t2i = -((pos * F.log_softmax(logits.T, dim=1)).sum(1) / pos.sum(1).clamp_min(1e-6)).mean()
+    return 0.5 * (i2t + t2i)
+
+
+def title_recall_at_k(temb: np.ndarray, listing: np.ndarray, text: np.ndarray,
+                      k: int = 10) -> float:
+    """Query = each listing's title embedding; hit = one of its photos in the top k photos."""
+    uniq, first = np.unique(listing, return_index=True)
+    q = text[first]
+    sim = q @ temb.T
+    k = min(k, temb.shape[0])
+    top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    return float((listing[top] == uniq[:, None]).any(1).mean())
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def ece_score(logits: np.ndarray, y: np.ndarray, n_bins: int = 15,
+              temperature: float = 1.0) -> float:
+    """Expected calibration error of the top-1 confidence (equal-width bins)."""
+    z = logits / temperature
+    z = z - z.max(1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(1, keepdims=True)
+    conf, pred = p.max(1), p.argmax(1)
+    correct = (pred == y).astype(np.float64)
+    edges = np.linspace(0, 1, n_bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    return float(ece)
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """Temperature T minimising the NLL of softmax(logits / T) (LBFGS on log T)."""
+    lo = torch.from_numpy(np.asarray(logits, np.float64))
+    yy = torch.from_numpy(np.asarray(y, np.int64))
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(lo / log_t.exp(), yy)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.exp().item())
+
+
+class EMA:
+    """Exponential moving average of a model's parameters and buffers."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        import copy
+
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        msd = model.state_dict()
+        for k, v in self.module.state_dict().items():
+            if v.dtype.is_floating_point:
+                v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
+            else:
+                v.copy_(msd[k])
 
 
 # --------------------------------------------------------------------------- checkpoints
 
 
 def save_checkpoint(path: Path, model: MktNet, cfg: TrainConfig, data: TrainData, epoch: int,
-                    metrics: dict, best_metric: float, optimizer=None, scheduler=None) -> None:
+                    metrics: dict, best_metric: float, optimizer=None, scheduler=None,
+                    extra: dict | None = None) -> None:
     """Atomically write a checkpoint that ``torch.load(weights_only=True)`` can read."""
     spec = get_arch(cfg.arch)
     ckpt = {
@@ -275,6 +382,8 @@ def save_checkpoint(path: Path, model: MktNet, cfg: TrainConfig, data: TrainData
         "num_classes": len(data.labels),
         "labels": list(data.labels),
         "embed_dim": cfg.embed_dim,
+        "text_dim": cfg.text_dim,
+        "split": cfg.split if cfg.split is not None else spec.split,
         "input_size": spec.input_size,
         "mean": list(spec.mean),
         "std": list(spec.std),
@@ -290,6 +399,8 @@ def save_checkpoint(path: Path, model: MktNet, cfg: TrainConfig, data: TrainData
         "epoch": epoch,
         "best_metric": best_metric,
     }
+    if extra:
+        ckpt.update(extra)
     if optimizer is not None:
         ckpt["optimizer"] = optimizer.state_dict()
     if scheduler is not None:
@@ -305,8 +416,14 @@ def load_checkpoint(path: Path | str) -> tuple[MktNet, dict]:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not an mkt checkpoint")
-    model = build_model(ckpt["arch"], ckpt["num_classes"], ckpt["embed_dim"], pretrained=None)
-    model.load_state_dict(ckpt["state_dict"], strict=True)
+    model = build_model(ckpt["arch"], ckpt["num_classes"], ckpt["embed_dim"], pretrained=None,
+                        split=ckpt.get("split"), text_dim=int(ckpt.get("text_dim", 384)))
+    state = ckpt["state_dict"]
+    if "text_dim" not in ckpt:
+        # a two-headed checkpoint from before the text head: the text head stays untrained
+        state = {**{k: v for k, v in model.state_dict().items() if k.startswith("text_head.")},
+                 **state}
+    model.load_state_dict(state, strict=True)
     model.pretrained = ckpt.get("pretrained", "unknown")
     return model.eval(), ckpt
 
@@ -326,7 +443,8 @@ def _set_seed(seed: int) -> None:
 
 
 def _param_groups(model: MktNet, cfg: TrainConfig, mode: str) -> list[dict]:
-    heads = [*model.classifier.parameters(), *model.embedder.parameters()]
+    heads = [*model.classifier.parameters(), *model.embedder.parameters(),
+             *model.text_head.parameters()]
     groups = [{"params": heads, "lr": cfg.lr, "name": "heads"},
               {"params": list(model.tail.parameters()), "lr": cfg.lr * cfg.tail_lr_mult,
                "name": "tail"}]
@@ -338,11 +456,50 @@ def _param_groups(model: MktNet, cfg: TrainConfig, mode: str) -> list[dict]:
     return groups
 
 
-def _set_trainable(model: MktNet, mode: str, tail: bool) -> None:
+def _frozen_tail_blocks(model: MktNet, n: int) -> list[nn.Module]:
+    blocks = getattr(model.tail, "blocks", None)
+    if n <= 0 or blocks is None:
+        return []
+    return list(blocks[:n])
+
+
+def _set_trainable(model: MktNet, mode: str, tail: bool, freeze_tail_blocks: int = 0) -> None:
     for p in model.stem.parameters():
         p.requires_grad = mode == "full" and tail
     for p in model.tail.parameters():
         p.requires_grad = tail
+    for b in _frozen_tail_blocks(model, freeze_tail_blocks):
+        for p in b.parameters():
+            p.requires_grad = False
+
+
+def _calibrate_best(path: Path, feeder, data: TrainData, val_rows: np.ndarray,
+                    metrics: dict) -> dict:
+    """Fit a softmax temperature on the val logits of ``best.pt`` and store it there."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model, _ = load_checkpoint(path)
+    model.to(feeder.device).to(memory_format=torch.channels_last)
+    vlog, _, _ = predict(model, feeder, val_rows)
+    y = data.label[val_rows]
+    t = fit_temperature(vlog, y)
+    cal = {"temperature": t, "ece_val_before": ece_score(vlog, y),
+           "ece_val_after": ece_score(vlog, y, temperature=t), "bins": 15,
+           "fitted_on": f"val logits of best.pt ({len(val_rows)} photos), NLL, LBFGS"}
+    print(f"calibration: {json.dumps(cal)}", flush=True)
+    metrics = {**metrics, "temperature": t, "calibration": cal}
+    ckpt["metrics"] = {**ckpt["metrics"], "temperature": t, "calibration": cal}
+    ckpt["calibration"] = cal
+    tmp = path.with_suffix(".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+    return metrics
+
+
+def stem_cache_name(cfg: TrainConfig) -> str:
+    spec = get_arch(cfg.arch)
+    split = cfg.split if cfg.split is not None else spec.split
+    suffix = f"-s{split}" if split is not None else ""
+    return f"stem-{cfg.arch}{suffix}-aug{cfg.n_aug}.npz"
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -358,7 +515,8 @@ def train(cfg: TrainConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     data = load_train_data(cfg)
     spec = get_arch(cfg.arch)
-    model = build_model(cfg.arch, len(data.labels), cfg.embed_dim, pretrained=cfg.weights)
+    model = build_model(cfg.arch, len(data.labels), cfg.embed_dim, pretrained=cfg.weights,
+                        split=cfg.split, text_dim=cfg.text_dim)
     print(f"arch {cfg.arch} ({model.pretrained}), mode {mode}, device {device}, "
           f"{len(data.paths)} photos", flush=True)
 
@@ -366,7 +524,7 @@ def train(cfg: TrainConfig) -> dict:
     val_rows = np.flatnonzero(data.split == "val")
     t0 = time.time()
     if mode == "cached":
-        cache_file = Path(cfg.cache_dir or out) / f"stem-{cfg.arch}.npz"
+        cache_file = Path(cfg.cache_dir or out) / stem_cache_name(cfg)
         cache = build_stem_cache(model.stem, data.paths, data.split == "train", spec.mean,
                                  spec.std, spec.input_size, cfg.n_aug, cache_file, cfg.seed,
                                  progress=cfg.progress)
@@ -374,6 +532,19 @@ def train(cfg: TrainConfig) -> dict:
     else:
         feeder = ImageFeeder(data.paths, cfg.arch, device, cfg.workers)
     cache_seconds = time.time() - t0
+    text_by_listing: torch.Tensor | None = None
+    text_np: np.ndarray | None = None
+    if cfg.text_weight > 0 or len(val_rows):
+        from mkt.training.text import title_embeddings
+
+        t_text = time.time()
+        pids = sorted(set(data.product_ids))  # listing code i <-> pids[i]
+        text_np = title_embeddings(cfg.data, pids,
+                                   Path(cfg.cache_dir or out) / "titles-minilm.npy")
+        if text_np.shape[1] != cfg.text_dim:
+            raise ValueError(f"text_dim {cfg.text_dim} != title embeddings {text_np.shape[1]}")
+        text_by_listing = torch.from_numpy(text_np).to(device)
+        print(f"title embeddings {text_np.shape} in {time.time() - t_text:.1f}s", flush=True)
     # channels_last speeds up the depthwise convolutions on CPU (~1.7x here) as well as on GPU
     model.to(device).to(memory_format=torch.channels_last)
 
@@ -392,10 +563,14 @@ def train(cfg: TrainConfig) -> dict:
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
     start_epoch, best, history, stale = 0, -1.0, [], 0
     if cfg.resume and (last := latest_epoch_checkpoint(out)) is not None:
         ckpt = torch.load(last, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt["state_dict"], strict=True)
+        if ema is not None and "ema_state_dict" in ckpt:
+            ema.module.load_state_dict(ckpt["ema_state_dict"], strict=True)
+            ema.updates = int(ckpt.get("ema_updates", 0))
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, best = ckpt["epoch"] + 1, ckpt["best_metric"]
@@ -419,12 +594,14 @@ def train(cfg: TrainConfig) -> dict:
     metrics: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
         tune_tail = epoch >= cfg.freeze_epochs or cfg.max_steps is not None
-        _set_trainable(model, mode, tune_tail)
+        _set_trainable(model, mode, tune_tail, cfg.freeze_tail_blocks)
         model.train()
         if not tune_tail:
             model.tail.eval()  # frozen BatchNorm statistics too
+        for b in _frozen_tail_blocks(model, cfg.freeze_tail_blocks):
+            b.eval()
         t_epoch = time.time()
-        sums = {"loss": 0.0, "ce": 0.0, "metric": 0.0, "correct": 0, "n": 0}
+        sums = {"loss": 0.0, "ce": 0.0, "metric": 0.0, "text": 0.0, "correct": 0, "n": 0}
         with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
                       TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.3f}"),
                       TimeRemainingColumn(), disable=not cfg.progress) as bar:
@@ -434,22 +611,49 @@ def train(cfg: TrainConfig) -> dict:
                 x = feeder.train_inputs(rows, rng)
                 y = torch.from_numpy(data.label[rows]).to(device)
                 g = torch.from_numpy(groups).to(device)
+                perm, lam = None, 1.0
+                if cfg.mixup > 0 and mode == "cached" and rng.random() < cfg.mixup:
+                    # mix both views of listing i with both views of listing perm(i), one lambda,
+                    # so the pair structure (and the supcon positives) survives the mix
+                    half = len(rows) // 2
+                    p = rng.permutation(half)
+                    perm = torch.from_numpy(np.concatenate([p, p + half])).to(device)
+                    lam = float(rng.beta(cfg.mixup_alpha, cfg.mixup_alpha))
+                    lam = max(lam, 1 - lam)
+                    x = lam * x + (1 - lam) * x[perm]
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    logits, emb = feeder.forward(model, x)
+                    logits, emb, temb = feeder.forward(model, x)
                 ce = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                if perm is not None:
+                    ce = lam * ce + (1 - lam) * F.cross_entropy(
+                        logits.float(), y[perm], label_smoothing=cfg.label_smoothing)
                 ml = supcon_loss(emb.float(), g, cfg.temperature)
                 loss = ce + cfg.metric_weight * ml
+                tl = torch.zeros(())
+                if cfg.text_weight > 0 and text_by_listing is not None:
+                    soft = None
+                    if perm is not None:
+                        _, inv = torch.unique(g, return_inverse=True)
+                        u = int(inv.max()) + 1
+                        soft = lam * F.one_hot(inv, u).float() + (1 - lam) * F.one_hot(
+                            inv[perm], u).float()
+                    tl = text_loss(temb.float(), g, text_by_listing[g], cfg.text_temperature,
+                                   soft)
+                    loss = loss + cfg.text_weight * tl
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(model.parameters(), 5.0)
                 optimizer.step()
                 scheduler.step()
+                if ema is not None:
+                    ema.update(model)
                 step += 1
                 last_loss = loss.item()
                 first_loss = last_loss if first_loss is None else first_loss
                 sums["loss"] += last_loss * len(rows)
                 sums["ce"] += ce.item() * len(rows)
                 sums["metric"] += ml.item() * len(rows)
+                sums["text"] += float(tl.item()) * len(rows)
                 sums["correct"] += int((logits.argmax(1) == y).sum())
                 sums["n"] += len(rows)
                 bar.update(task, advance=1, loss=sums["loss"] / sums["n"],
@@ -461,12 +665,18 @@ def train(cfg: TrainConfig) -> dict:
                     break
         n = max(1, sums["n"])
         row = {"epoch": epoch, "train_loss": sums["loss"] / n, "train_ce": sums["ce"] / n,
-               "train_metric_loss": sums["metric"] / n, "train_acc": sums["correct"] / n,
+               "train_metric_loss": sums["metric"] / n, "train_text_loss": sums["text"] / n,
+               "train_acc": sums["correct"] / n,
                "seconds": round(time.time() - t_epoch, 1), "tail_trained": tune_tail}
+        eval_model = ema.module if ema is not None else model
         if len(val_rows):
-            vlog, vemb = predict(model, feeder, val_rows)
+            vlog, vemb, vtemb = predict(eval_model, feeder, val_rows)
             row["val_acc"] = float((vlog.argmax(1) == data.label[val_rows]).mean())
             row["val_recall@1"] = recall_at_1(vemb, data.listing[val_rows])
+            row["val_ece"] = ece_score(vlog, data.label[val_rows])
+            if text_np is not None:
+                row["val_title_recall@10"] = title_recall_at_k(
+                    vtemb, data.listing[val_rows], text_np[data.listing[val_rows]], 10)
             r1 = row["val_recall@1"] if not math.isnan(row["val_recall@1"]) else 0.0
             row["val_score"] = (row["val_acc"] + r1) / 2
         else:
@@ -485,15 +695,21 @@ def train(cfg: TrainConfig) -> dict:
         metrics = {"history": history, "best_val_score": best, "mode": mode,
                    "device": str(device), "cache_seconds": round(cache_seconds, 1),
                    "first_loss": first_loss, "last_loss": last_loss}
+        ema_extra = ({"ema_state_dict": {k: v.detach().cpu()
+                                         for k, v in ema.module.state_dict().items()},
+                      "ema_updates": ema.updates} if ema is not None else None)
         save_checkpoint(out / f"epoch-{epoch:03d}.pt", model, cfg, data, epoch, metrics, best,
-                        optimizer, scheduler)
+                        optimizer, scheduler, extra=ema_extra)
         if improved:
-            save_checkpoint(out / "best.pt", model, cfg, data, epoch, metrics, best)
+            save_checkpoint(out / "best.pt", eval_model, cfg, data, epoch, metrics, best)
         if cfg.max_steps and step >= cfg.max_steps:
             break
         if stale >= cfg.patience:
             print(f"early stop: no val improvement in {cfg.patience} epochs", flush=True)
             break
+    metrics["train_seconds"] = round(time.time() - t0 - cache_seconds, 1)
+    if cfg.calibrate and len(val_rows) and (out / "best.pt").exists():
+        metrics = _calibrate_best(out / "best.pt", feeder, data, val_rows, metrics)
     metrics["total_seconds"] = round(time.time() - t0, 1)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if writer is not None:
