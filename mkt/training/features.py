@@ -89,6 +89,48 @@ def model_outputs(model: nn.Module, paths: Sequence[Path | str], mean: Sequence[
     return {k: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for k, v in chunks.items()}
 
 
+class _TailOutputs(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, h: torch.Tensor):
+        feats = self.model.tail(h)
+        logits, emb, temb = self.model.heads(feats)
+        return logits, emb, temb, feats
+
+
+def model_outputs_from_cache(model: nn.Module, cache: "StemCache", rows: Sequence[int],
+                             batch: int = 256) -> dict[str, np.ndarray]:
+    """Like ``model_outputs`` but from cached stem activations of each row's eval view.
+
+    Valid only when ``model``'s stem is the one the cache was built with (the cache key checks
+    it): cached-mode training never changes the stem.
+    """
+    views = cache.views_of()
+    first = np.array([views[int(r)][cache.view[views[int(r)]] == 0][0] for r in rows], np.int64)
+    sess = ort_session(_TailOutputs(model), torch.zeros(1, *cache.acts.shape[1:]), n_outputs=4)
+    chunks: dict[str, list[np.ndarray]] = {"logits": [], "embedding": [], "text_embedding": [],
+                                           "features": []}
+    for i in range(0, len(first), batch):
+        x = cache.acts[first[i:i + batch]].astype(np.float32)
+        for k, v in zip(chunks, sess.run(None, {"x": x}), strict=True):
+            chunks[k].append(v)
+    return {k: np.concatenate(v) for k, v in chunks.items()}
+
+
+def load_stem_cache_if_valid(stem: nn.Module, paths: Sequence[Path | str],
+                             train_mask: np.ndarray, n_aug: int, size: int, seed: int,
+                             cache_file: Path) -> "StemCache | None":
+    """The cache at ``cache_file`` if its key matches this stem and these photos, else None."""
+    key = _cache_key(stem, paths, train_mask, n_aug, size, seed)
+    meta = Path(cache_file).with_suffix(".json")
+    if Path(cache_file).exists() and meta.exists() and json.loads(meta.read_text()).get("key") == key:
+        z = np.load(cache_file)
+        return StemCache(z["acts"], z["photo"], z["view"])
+    return None
+
+
 # --------------------------------------------------------------------------- stem cache
 
 

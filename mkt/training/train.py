@@ -67,6 +67,9 @@ class TrainConfig:
     text_weight: float = 0.0  # LiT-style loss to frozen MiniLM title embeddings (0: off)
     text_temperature: float = 0.05
     freeze_tail_blocks: int = 0  # first tail blocks kept frozen (a later split on one cache)
+    heads_only: bool = False  # cached mode: whole trunk frozen, cache pooled features, train heads
+    embed_init: str = "random"  # heads-only: "pca" starts the embedding MLP as a PCA projection
+    pca_whiten: float = 0.5  # embed_init=pca: divide component i by singular_value_i ** this
     ema: float = 0.0  # EMA decay of the weights a step (0: off); val and best.pt use the EMA
     mixup: float = 0.0  # cached mode: probability a batch mixes stem activations (0: off)
     mixup_alpha: float = 0.4
@@ -159,13 +162,18 @@ def listing_pair_batches(rows: np.ndarray, listing: np.ndarray, batch_listings: 
 class CachedFeeder:
     """Feeds cached stem activations; the model runs only its tail and heads."""
 
-    def __init__(self, cache: StemCache, device: torch.device) -> None:
+    def __init__(self, cache: StemCache, device: torch.device, heads_only: bool = False) -> None:
         self.cache = cache
         self.views = cache.views_of()
         self.device = device
+        self.heads_only = heads_only  # cache holds pooled trunk features: run only the heads
 
     def forward(self, model: MktNet, x: torch.Tensor):
-        return model.forward_from_stem(x)
+        return model.heads(x) if self.heads_only else model.forward_from_stem(x)
+
+    def _fmt(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device)
+        return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x.contiguous()
 
     def train_inputs(self, rows: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         half = len(rows) // 2
@@ -180,14 +188,14 @@ class CachedFeeder:
             else:
                 picks.append(int(rng.choice(vs)))
         x = torch.from_numpy(self.cache.acts[np.asarray(picks)].astype(np.float32))
-        return x.to(self.device).contiguous(memory_format=torch.channels_last)
+        return self._fmt(x)
 
     def eval_batches(self, rows: np.ndarray, batch: int = 256) -> Iterator[torch.Tensor]:
         first = np.array([self.views[int(r)][self.cache.view[self.views[int(r)]] == 0][0]
                           for r in rows], dtype=np.int64)
         for i in range(0, len(first), batch):
             x = torch.from_numpy(self.cache.acts[first[i:i + batch]].astype(np.float32))
-            yield x.to(self.device).contiguous(memory_format=torch.channels_last)
+            yield self._fmt(x)
 
 
 class _PhotoDataset(torch.utils.data.Dataset):
@@ -495,8 +503,37 @@ def _calibrate_best(path: Path, feeder, data: TrainData, val_rows: np.ndarray,
     return metrics
 
 
+@torch.no_grad()
+def init_embedder_pca(model: MktNet, feats: np.ndarray, whiten: float = 0.5) -> None:
+    """Start the embedding MLP as the (partly whitened) PCA projection of ``feats``.
+
+    The MLP is Linear(F, 2k) -> ReLU -> Linear(2k, k) with 2k = its hidden width; with rows
+    [P; -P] and [I, -I], ReLU(z) - ReLU(-z) = z makes it exactly z = P (x - mean), so training
+    starts from the frozen features' retrieval quality instead of a random projection.
+    """
+    lin1, lin2 = model.embedder[0], model.embedder[2]
+    k = lin2.out_features
+    if lin1.out_features != 2 * k:
+        raise ValueError("embed_init=pca needs a hidden width of twice embed_dim")
+    x = feats.astype(np.float64)
+    mu = x.mean(0)
+    _, sv, vt = np.linalg.svd(x - mu, full_matrices=False)
+    proj = vt[:k] / (sv[:k, None] ** whiten)
+    z = (x - mu) @ proj.T
+    proj = proj / np.median(np.linalg.norm(z, axis=1))  # pre-normalisation norm ~ 1
+    w = torch.from_numpy(proj).float()
+    b = -(w @ torch.from_numpy(mu).float())
+    lin1.weight.copy_(torch.cat([w, -w]))
+    lin1.bias.copy_(torch.cat([b, -b]))
+    eye = torch.eye(k)
+    lin2.weight.copy_(torch.cat([eye, -eye], dim=1))
+    lin2.bias.zero_()
+
+
 def stem_cache_name(cfg: TrainConfig) -> str:
     spec = get_arch(cfg.arch)
+    if cfg.heads_only:
+        return f"pooled-{cfg.arch}-aug{cfg.n_aug}.npz"
     split = cfg.split if cfg.split is not None else spec.split
     suffix = f"-s{split}" if split is not None else ""
     return f"stem-{cfg.arch}{suffix}-aug{cfg.n_aug}.npz"
@@ -525,10 +562,17 @@ def train(cfg: TrainConfig) -> dict:
     t0 = time.time()
     if mode == "cached":
         cache_file = Path(cfg.cache_dir or out) / stem_cache_name(cfg)
-        cache = build_stem_cache(model.stem, data.paths, data.split == "train", spec.mean,
+        frozen = nn.Sequential(model.stem, model.tail) if cfg.heads_only else model.stem
+        cache = build_stem_cache(frozen, data.paths, data.split == "train", spec.mean,
                                  spec.std, spec.input_size, cfg.n_aug, cache_file, cfg.seed,
                                  progress=cfg.progress)
-        feeder: CachedFeeder | ImageFeeder = CachedFeeder(cache, device)
+        feeder: CachedFeeder | ImageFeeder = CachedFeeder(cache, device, cfg.heads_only)
+        if cfg.embed_init == "pca":
+            if not cfg.heads_only:
+                raise ValueError("embed_init=pca needs heads_only (cached pooled features)")
+            tr_views = np.flatnonzero(np.isin(cache.photo, train_rows))
+            init_embedder_pca(model, cache.acts[tr_views].astype(np.float32), cfg.pca_whiten)
+            print(f"embedder initialised from PCA of {len(tr_views)} train views", flush=True)
     else:
         feeder = ImageFeeder(data.paths, cfg.arch, device, cfg.workers)
     cache_seconds = time.time() - t0
@@ -593,7 +637,8 @@ def train(cfg: TrainConfig) -> dict:
 
     metrics: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
-        tune_tail = epoch >= cfg.freeze_epochs or cfg.max_steps is not None
+        tune_tail = (epoch >= cfg.freeze_epochs or cfg.max_steps is not None) and not (
+            cfg.heads_only and mode == "cached")
         _set_trainable(model, mode, tune_tail, cfg.freeze_tail_blocks)
         model.train()
         if not tune_tail:
@@ -674,6 +719,10 @@ def train(cfg: TrainConfig) -> dict:
             row["val_acc"] = float((vlog.argmax(1) == data.label[val_rows]).mean())
             row["val_recall@1"] = recall_at_1(vemb, data.listing[val_rows])
             row["val_ece"] = ece_score(vlog, data.label[val_rows])
+            if ema is not None:  # the raw (non-averaged) weights too, to measure the EMA
+                rlog, remb, _ = predict(model, feeder, val_rows)
+                row["raw_val_acc"] = float((rlog.argmax(1) == data.label[val_rows]).mean())
+                row["raw_val_recall@1"] = recall_at_1(remb, data.listing[val_rows])
             if text_np is not None:
                 row["val_title_recall@10"] = title_recall_at_k(
                     vtemb, data.listing[val_rows], text_np[data.listing[val_rows]], 10)
