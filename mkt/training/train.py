@@ -370,10 +370,13 @@ class EMA:
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         msd = model.state_dict()
         for k, v in self.module.state_dict().items():
-            if v.dtype.is_floating_point:
-                v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
+            src = msd[k].detach()
+            if v.dtype.is_floating_point and not torch.equal(v, src):
+                v.mul_(d).add_(src, alpha=1 - d)
             else:
-                v.copy_(msd[k])
+                # frozen weights stay bit-identical (d*v + (1-d)*v is not v in floating point),
+                # so the frozen stem still matches its activation cache
+                v.copy_(src)
 
 
 # --------------------------------------------------------------------------- checkpoints
