@@ -234,6 +234,28 @@ class MktNet(nn.Module):
         self.text_dim = text_dim
         self.pretrained = trunk.pretrained
 
+    def resplit(self, split: int) -> None:
+        """Move the stem/tail cut of an EfficientNet-Lite trunk to block ``split``."""
+        sb, tb = getattr(self.stem, "blocks", None), getattr(self.tail, "blocks", None)
+        if sb is None or tb is None:
+            raise ValueError("this trunk has a fixed stem/tail split")
+        blocks = [*sb, *tb]
+        if not 1 <= split < len(blocks):
+            raise ValueError(f"split must be in 1..{len(blocks) - 1}")
+        self.stem.blocks = nn.ModuleList(blocks[:split])
+        self.tail.blocks = nn.ModuleList(blocks[split:])
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Also loads a checkpoint cut at another block: the cut is moved to match it first.
+
+        So ``build_model(arch, n, embed_dim)`` (default split) + ``load_state_dict`` works for
+        any ``--split`` a checkpoint was trained with.
+        """
+        idx = {int(k.split(".")[2]) for k in state_dict if k.startswith("stem.blocks.")}
+        if idx and hasattr(self.stem, "blocks") and max(idx) + 1 != len(self.stem.blocks):
+            self.resplit(max(idx) + 1)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def heads(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self.classifier(self.dropout(feats))
         emb = F.normalize(self.embedder(feats), dim=1)
