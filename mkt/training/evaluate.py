@@ -119,10 +119,10 @@ def _text_metrics(data: Path, td, te: np.ndarray, temb: np.ndarray | None, ckpt:
 
 def _stem_cache_for(model, ckpt: dict, td):
     """The training run's stem cache, when it matches this checkpoint's stem and photos."""
+    from torch import nn
+
     from mkt.training.features import load_stem_cache_if_valid
     from mkt.training.train import TrainConfig, stem_cache_name
-
-    from torch import nn
 
     cfg = ckpt.get("config") or {}
     if cfg.get("mode", "auto") == "full" or not cfg.get("cache_dir") and not cfg.get("out"):

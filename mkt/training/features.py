@@ -100,7 +100,7 @@ class _TailOutputs(nn.Module):
         return logits, emb, temb, feats
 
 
-def model_outputs_from_cache(model: nn.Module, cache: "StemCache", rows: Sequence[int],
+def model_outputs_from_cache(model: nn.Module, cache: StemCache, rows: Sequence[int],
                              batch: int = 256) -> dict[str, np.ndarray]:
     """Like ``model_outputs`` but from cached stem activations of each row's eval view.
 
@@ -121,11 +121,12 @@ def model_outputs_from_cache(model: nn.Module, cache: "StemCache", rows: Sequenc
 
 def load_stem_cache_if_valid(stem: nn.Module, paths: Sequence[Path | str],
                              train_mask: np.ndarray, n_aug: int, size: int, seed: int,
-                             cache_file: Path) -> "StemCache | None":
+                             cache_file: Path) -> StemCache | None:
     """The cache at ``cache_file`` if its key matches this stem and these photos, else None."""
     key = _cache_key(stem, paths, train_mask, n_aug, size, seed)
     meta = Path(cache_file).with_suffix(".json")
-    if Path(cache_file).exists() and meta.exists() and json.loads(meta.read_text()).get("key") == key:
+    if (Path(cache_file).exists() and meta.exists()
+            and json.loads(meta.read_text()).get("key") == key):
         z = np.load(cache_file)
         return StemCache(z["acts"], z["photo"], z["view"])
     return None

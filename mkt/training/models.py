@@ -52,7 +52,7 @@ def register(spec: ArchSpec) -> ArchSpec:
     return spec
 
 
-def _call_build(spec: "ArchSpec", weights: str | None, split: int | None) -> "Trunk":
+def _call_build(spec: ArchSpec, weights: str | None, split: int | None) -> Trunk:
     if split is None or spec.split is None:
         if split is not None and spec.split is None:
             raise ValueError(f"{spec.name} has a fixed stem/tail split; --split is not supported")
