@@ -52,7 +52,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
 from .runtime.batch import PhotoError, SimilarResult, classify_photos, similar_photos
-from .runtime.errors import ImageTooLargeError, MktError, MktIndexError
+from .runtime.errors import BundleError, ImageTooLargeError, MktError, MktIndexError
 from .runtime.price import PriceSuggestion, suggest_price
 from .runtime.search import TextSearchResult
 
@@ -173,8 +173,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (408, "The upload was not received in time (slow client)."),
         (415, "Not a multipart upload, or the file is not an image type."),
         (422, "Bad query parameters or no `file` field."),
-        (503, "Busy (too many uploads in flight; see `Retry-After`), or no index loaded "
-              "(/similar, /price)."),
+        (503, "Busy (too many uploads in flight; see `Retry-After`), no index loaded "
+              "(/similar, /price), or `title` asked of a bundle without a text encoder."),
         (507, "The server is out of temporary space for uploads."),
     )
 }
@@ -515,7 +515,12 @@ def create_app(
     def run_flow(flow: Any, file: UploadFile, indexed: bool, kw: dict[str, Any]) -> Any:
         args = (_Locked(need_index()),) if indexed else ()
         name, data = read_upload(file)
-        (r,) = list(flow(ready().model, *args, [data], names=[name], **kw))
+        try:
+            (r,) = list(flow(ready().model, *args, [data], names=[name], **kw))
+        except (BundleError, MktIndexError) as e:  # e.g. `title` on a bundle without text
+            raise HTTPException(503, str(e)) from None
+        except MktError as e:  # e.g. an empty title
+            raise HTTPException(400, str(e)) from None
         if isinstance(r, PhotoError):
             raise HTTPException(413 if isinstance(r.exc, ImageTooLargeError) else 400, r.error)
         return r.to_dict()
@@ -627,9 +632,9 @@ def create_app(
         idx = _Locked(need_index())
         try:
             (r,) = search_text(idx, ready().model.text_encoder(), [query], k)
-        except MktIndexError as e:
+        except (BundleError, MktIndexError) as e:  # no text encoder, or an old index
             raise HTTPException(503, str(e)) from None
-        except MktError as e:
+        except MktError as e:  # an empty query
             raise HTTPException(400, str(e)) from None
         return r.to_dict()
 

@@ -54,7 +54,9 @@ def test_training_calibration_and_runtime_share_pixels(awkward):
     pytest.importorskip("torch")
     from mkt.export.parity import load_images
     from mkt.runtime.model import Model
-    from mkt.training.transforms import Letterbox, eval_transform
+    from mkt.training.features import load_uint8
+    from mkt.training.train import _PhotoDataset
+    from mkt.training.transforms import eval_transform
 
     pre = Preprocess(size=SIZE)
     runtime = {k: pre.load(p) for k, p in awkward.items()}
@@ -63,14 +65,13 @@ def test_training_calibration_and_runtime_share_pixels(awkward):
     assert ok == list(range(len(awkward)))
     for i, k in enumerate(awkward):
         assert np.array_equal(arr[i], runtime[k]), f"export path differs on {k}"
-    # training's eval transform: the contract's normalisation of the same pixels
-    tf = eval_transform(pre)
+    # training's dataset (full mode): the contract's normalisation of the same pixels
+    ds = _PhotoDataset([str(p) for p in awkward.values()], eval_transform(pre))
+    for i, k in enumerate(awkward):
+        assert np.array_equal(ds[i].numpy(), pre.normalise(runtime[k][None])[0]), k
+    # the CPU mode's stem cache and evaluation features
     for k, p in awkward.items():
-        assert np.array_equal(tf(p).numpy(), pre.normalise(runtime[k][None])[0]), k
-    # a PIL-based pipeline (training caches) opening the file itself
-    for k, p in awkward.items():
-        with Image.open(p) as im:
-            assert np.array_equal(np.asarray(Letterbox(SIZE)(im)), runtime[k]), k
+        assert np.array_equal(load_uint8(p, SIZE), runtime[k]), k
     # the runtime model's loader (packaged bundle)
     m = Model()
     batch = m.load(list(awkward.values()))

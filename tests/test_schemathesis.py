@@ -50,7 +50,7 @@ def test_api_matches_its_schema(api_app, mode):
     from schemathesis.specs.openapi.checks import positive_data_acceptance
 
     ops = _operations(api_app)
-    assert {op.path for op in ops} == {"/classify", "/similar", "/price", "/health"}
+    assert {op.path for op in ops} == {"/classify", "/similar", "/price", "/search", "/health"}
     calls = 0
     for op in ops:
         if mode == "negative" and op.path == "/health":

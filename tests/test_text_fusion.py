@@ -43,6 +43,7 @@ def _synthetic(n=600, seed=0):
         "photo_ids": np.array(photo_ids), "photo_product_ids": np.array(photo_pids),
         "product_ids": np.array([f"L{i}" for i in range(n)]), "split": split,
         "category": np.array([LABELS[c] for c in y]), "price": price, "title_emb": title,
+        "listing_emb": title,
         "labels": np.array(LABELS), "photo_logits": np.array(plog, np.float32),
         "photo_embedding": np.array(pemb, np.float32),
     }

@@ -31,40 +31,7 @@ from typing import Any
 
 import numpy as np
 
-
-def softmax_t(logits: np.ndarray, t: float = 1.0) -> np.ndarray:
-    x = np.asarray(logits, np.float64) / float(t)
-    x = x - x.max(1, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(1, keepdims=True)
-
-
-def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
-    """ECE: |accuracy - confidence| of the top class, averaged over equal-width bins by count."""
-    conf = probs.max(1)
-    correct = probs.argmax(1) == np.asarray(y)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        m = which == b
-        if m.any():
-            total += m.mean() * abs(correct[m].mean() - conf[m].mean())
-    return float(total)
-
-
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The T > 0 minimising NLL of ``softmax(logits / T)`` on (val) labels."""
-    from scipy.optimize import minimize_scalar
-
-    y = np.asarray(y)
-
-    def nll(log_t: float) -> float:
-        p = softmax_t(logits, float(np.exp(log_t)))
-        return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
-
-    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
-    return float(np.exp(res.x))
+from mkt.training.metrics import expected_calibration_error, fit_temperature, softmax_t
 
 
 def confidence_floor(conf: np.ndarray, correct: np.ndarray, max_flagged_acc: float = 0.4,

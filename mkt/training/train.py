@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -32,13 +31,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from mkt.runtime.preprocess import Preprocess
+from mkt.training.checkpoint import CHECKPOINT_FORMAT, write_checkpoint
+from mkt.training.checkpoint import load_checkpoint as _load_checkpoint
 from mkt.training.clean import load_labels
 from mkt.training.features import StemCache, build_stem_cache
+from mkt.training.metrics import ece_of_logits, fit_temperature
 from mkt.training.models import MktNet, build_model, get_arch
 from mkt.training.split import load_split
 from mkt.training.transforms import eval_transform, train_transform
-
-CHECKPOINT_FORMAT = "mkt-checkpoint/1"
 
 
 @dataclass
@@ -48,6 +48,7 @@ class TrainConfig:
     data: str
     out: str
     arch: str = "efficientnet_lite0"
+    split: int | None = None  # first tuned block (cache point); None: the arch's default
     weights: str | None = "imagenet"  # "imagenet", a state-dict file, or None (random init)
     mode: str = "auto"  # auto | cached | full
     images: str | None = None  # photo folder; default <src>/images of the cleaned data
@@ -63,6 +64,17 @@ class TrainConfig:
     temperature: float = 0.1
     metric_weight: float = 1.0
     embed_dim: int = 256
+    text_dim: int = 384
+    text_weight: float = 0.0  # LiT-style loss to frozen MiniLM title embeddings (0: off)
+    text_temperature: float = 0.05
+    freeze_tail_blocks: int = 0  # first tail blocks kept frozen (a later split on one cache)
+    heads_only: bool = False  # cached mode: whole trunk frozen, cache pooled features, train heads
+    embed_init: str = "random"  # heads-only: "pca" starts the embedding MLP as a PCA projection
+    pca_whiten: float = 0.5  # embed_init=pca: divide component i by singular_value_i ** this
+    ema: float = 0.0  # EMA decay of the weights a step (0: off); val and best.pt use the EMA
+    mixup: float = 0.0  # cached mode: probability a batch mixes stem activations (0: off)
+    mixup_alpha: float = 0.4
+    calibrate: bool = True  # fit a temperature on val logits of best.pt
     n_aug: int = 3  # cached mode: augmented views a train photo (mirror + random crops)
     seed: int = 0
     patience: int = 3
@@ -151,13 +163,18 @@ def listing_pair_batches(rows: np.ndarray, listing: np.ndarray, batch_listings: 
 class CachedFeeder:
     """Feeds cached stem activations; the model runs only its tail and heads."""
 
-    def __init__(self, cache: StemCache, device: torch.device) -> None:
+    def __init__(self, cache: StemCache, device: torch.device, heads_only: bool = False) -> None:
         self.cache = cache
         self.views = cache.views_of()
         self.device = device
+        self.heads_only = heads_only  # cache holds pooled trunk features: run only the heads
 
     def forward(self, model: MktNet, x: torch.Tensor):
-        return model.forward_from_stem(x)
+        return model.heads(x) if self.heads_only else model.forward_from_stem(x)
+
+    def _fmt(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device)
+        return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x.contiguous()
 
     def train_inputs(self, rows: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         half = len(rows) // 2
@@ -172,14 +189,14 @@ class CachedFeeder:
             else:
                 picks.append(int(rng.choice(vs)))
         x = torch.from_numpy(self.cache.acts[np.asarray(picks)].astype(np.float32))
-        return x.to(self.device).contiguous(memory_format=torch.channels_last)
+        return self._fmt(x)
 
     def eval_batches(self, rows: np.ndarray, batch: int = 256) -> Iterator[torch.Tensor]:
         first = np.array([self.views[int(r)][self.cache.view[self.views[int(r)]] == 0][0]
                           for r in rows], dtype=np.int64)
         for i in range(0, len(first), batch):
             x = torch.from_numpy(self.cache.acts[first[i:i + batch]].astype(np.float32))
-            yield x.to(self.device).contiguous(memory_format=torch.channels_last)
+            yield self._fmt(x)
 
 
 class _PhotoDataset(torch.utils.data.Dataset):
@@ -251,21 +268,93 @@ def recall_at_1(emb: np.ndarray, listing: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def predict(model: MktNet, feeder, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def predict(model: MktNet, feeder, rows: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logits, embedding, text_embedding) of each row's eval view."""
     model.eval()
-    logits, embs = [], []
+    logits, embs, tembs = [], [], []
     for x in feeder.eval_batches(rows):
-        lo, em = feeder.forward(model, x)
+        lo, em, te = feeder.forward(model, x)
         logits.append(lo.float().cpu().numpy())
         embs.append(em.float().cpu().numpy())
-    return np.concatenate(logits), np.concatenate(embs)
+        tembs.append(te.float().cpu().numpy())
+    return np.concatenate(logits), np.concatenate(embs), np.concatenate(tembs)
+
+
+def text_loss(temb: torch.Tensor, groups: torch.Tensor, text: torch.Tensor,
+              temperature: float, soft: torch.Tensor | None = None) -> torch.Tensor:
+    """LiT-style contrastive loss between photo text embeddings and frozen title embeddings.
+
+    ``temb`` [N, D] photo side, ``groups`` [N] listing ids, ``text`` [N, D] each row's title
+    embedding. Listing-level positives: photo -> the batch's unique titles (cross-entropy), and
+    title -> the photos of its listing (multi-positive). ``soft`` [N, U] optional soft targets
+    over the unique listings (mixup).
+    """
+    uniq, inv = torch.unique(groups, return_inverse=True)
+    first = torch.zeros(len(uniq), dtype=torch.long, device=groups.device)
+    first.scatter_(0, inv, torch.arange(len(groups), device=groups.device))
+    t = text[first]  # [U, D]
+    logits = temb @ t.T / temperature  # [N, U]
+    target = soft if soft is not None else F.one_hot(inv, len(uniq)).float()
+    i2t = -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
+    pos = target.T  # [U, N]
+    t2i = -((pos * F.log_softmax(logits.T, dim=1)).sum(1) / pos.sum(1).clamp_min(1e-6)).mean()
+    return 0.5 * (i2t + t2i)
+
+
+def title_recall_at_k(temb: np.ndarray, listing: np.ndarray, text: np.ndarray,
+                      k: int = 10) -> float:
+    """Query = each listing's title embedding; hit = one of its photos in the top k photos."""
+    uniq, first = np.unique(listing, return_index=True)
+    q = text[first]
+    sim = q @ temb.T
+    k = min(k, temb.shape[0])
+    top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    return float((listing[top] == uniq[:, None]).any(1).mean())
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def ece_score(logits: np.ndarray, y: np.ndarray, n_bins: int = 15,
+              temperature: float = 1.0) -> float:
+    """Expected calibration error of the top-1 confidence (:mod:`mkt.training.metrics`)."""
+    return ece_of_logits(logits, y, temperature, n_bins)
+
+
+class EMA:
+    """Exponential moving average of a model's parameters and buffers."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        import copy
+
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        msd = model.state_dict()
+        for k, v in self.module.state_dict().items():
+            src = msd[k].detach()
+            if v.dtype.is_floating_point and not torch.equal(v, src):
+                v.mul_(d).add_(src, alpha=1 - d)
+            else:
+                # frozen weights stay bit-identical (d*v + (1-d)*v is not v in floating point),
+                # so the frozen stem still matches its activation cache
+                v.copy_(src)
 
 
 # --------------------------------------------------------------------------- checkpoints
 
 
 def save_checkpoint(path: Path, model: MktNet, cfg: TrainConfig, data: TrainData, epoch: int,
-                    metrics: dict, best_metric: float, optimizer=None, scheduler=None) -> None:
+                    metrics: dict, best_metric: float, optimizer=None, scheduler=None,
+                    extra: dict | None = None) -> None:
     """Atomically write a checkpoint that ``torch.load(weights_only=True)`` can read."""
     spec = get_arch(cfg.arch)
     ckpt = {
@@ -274,9 +363,12 @@ def save_checkpoint(path: Path, model: MktNet, cfg: TrainConfig, data: TrainData
         "num_classes": len(data.labels),
         "labels": list(data.labels),
         "embed_dim": cfg.embed_dim,
+        "text_dim": cfg.text_dim,
+        "split": cfg.split if cfg.split is not None else spec.split,
         "input_size": spec.input_size,
         "mean": list(spec.mean),
         "std": list(spec.std),
+        "preprocess": Preprocess(size=spec.input_size, mean=spec.mean, std=spec.std).to_dict(),
         "pretrained": model.pretrained,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "config": asdict(cfg),
@@ -289,50 +381,18 @@ def save_checkpoint(path: Path, model: MktNet, cfg: TrainConfig, data: TrainData
         "epoch": epoch,
         "best_metric": best_metric,
     }
+    if extra:
+        ckpt.update(extra)
     if optimizer is not None:
         ckpt["optimizer"] = optimizer.state_dict()
     if scheduler is not None:
         ckpt["scheduler"] = scheduler.state_dict()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
-
-
-_REQUIRED = ("format", "arch", "num_classes", "labels", "embed_dim", "input_size", "mean", "std",
-             "state_dict")
-
-
-def read_checkpoint(path: Path | str) -> dict:
-    """Read a checkpoint safely (``weights_only=True``: no pickled code) and check its keys."""
-    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: not an mkt checkpoint (not a dict)")
-    missing = [k for k in _REQUIRED if k not in ckpt]
-    if missing:
-        raise ValueError(f"{path}: not an mkt checkpoint (missing {', '.join(missing)})")
-    if ckpt["format"] != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: checkpoint format {ckpt['format']!r}, "
-                         f"want {CHECKPOINT_FORMAT!r}")
-    if len(ckpt["labels"]) != ckpt["num_classes"]:
-        raise ValueError(f"{path}: {len(ckpt['labels'])} labels for "
-                         f"{ckpt['num_classes']} classes")
-    return ckpt
-
-
-def model_from_checkpoint(ckpt: dict) -> MktNet:
-    """Rebuild the network (random init, no download) and load the weights strictly; eval mode."""
-    model = build_model(ckpt["arch"], int(ckpt["num_classes"]), int(ckpt["embed_dim"]),
-                        pretrained=None)
-    model.load_state_dict(ckpt["state_dict"], strict=True)
-    model.pretrained = ckpt.get("pretrained", "unknown")
-    return model.eval()
+    write_checkpoint(path, ckpt)
 
 
 def load_checkpoint(path: Path | str) -> tuple[MktNet, dict]:
-    """Rebuild the model from a checkpoint (state dicts + config only; no pickled code)."""
-    ckpt = read_checkpoint(path)
-    return model_from_checkpoint(ckpt), ckpt
+    """``(model, checkpoint)``: :func:`mkt.training.checkpoint.load_checkpoint`."""
+    return _load_checkpoint(path)
 
 
 def latest_epoch_checkpoint(out: Path) -> Path | None:
@@ -350,7 +410,8 @@ def _set_seed(seed: int) -> None:
 
 
 def _param_groups(model: MktNet, cfg: TrainConfig, mode: str) -> list[dict]:
-    heads = [*model.classifier.parameters(), *model.embedder.parameters()]
+    heads = [*model.classifier.parameters(), *model.embedder.parameters(),
+             *model.text_head.parameters()]
     groups = [{"params": heads, "lr": cfg.lr, "name": "heads"},
               {"params": list(model.tail.parameters()), "lr": cfg.lr * cfg.tail_lr_mult,
                "name": "tail"}]
@@ -362,11 +423,77 @@ def _param_groups(model: MktNet, cfg: TrainConfig, mode: str) -> list[dict]:
     return groups
 
 
-def _set_trainable(model: MktNet, mode: str, tail: bool) -> None:
+def _frozen_tail_blocks(model: MktNet, n: int) -> list[nn.Module]:
+    blocks = getattr(model.tail, "blocks", None)
+    if n <= 0 or blocks is None:
+        return []
+    return list(blocks[:n])
+
+
+def _set_trainable(model: MktNet, mode: str, tail: bool, freeze_tail_blocks: int = 0) -> None:
     for p in model.stem.parameters():
         p.requires_grad = mode == "full" and tail
     for p in model.tail.parameters():
         p.requires_grad = tail
+    for b in _frozen_tail_blocks(model, freeze_tail_blocks):
+        for p in b.parameters():
+            p.requires_grad = False
+
+
+def _calibrate_best(path: Path, feeder, data: TrainData, val_rows: np.ndarray,
+                    metrics: dict) -> dict:
+    """Fit a softmax temperature on the val logits of ``best.pt`` and store it there."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model, _ = load_checkpoint(path)
+    model.to(feeder.device).to(memory_format=torch.channels_last)
+    vlog, _, _ = predict(model, feeder, val_rows)
+    y = data.label[val_rows]
+    t = fit_temperature(vlog, y)
+    cal = {"temperature": t, "ece_val_before": ece_score(vlog, y),
+           "ece_val_after": ece_score(vlog, y, temperature=t), "bins": 15,
+           "fitted_on": f"val logits of best.pt ({len(val_rows)} photos), NLL, LBFGS"}
+    print(f"calibration: {json.dumps(cal)}", flush=True)
+    metrics = {**metrics, "temperature": t, "calibration": cal}
+    ckpt["metrics"] = {**ckpt["metrics"], "temperature": t, "calibration": cal}
+    ckpt["calibration"] = cal
+    write_checkpoint(path, ckpt)
+    return metrics
+
+
+@torch.no_grad()
+def init_embedder_pca(model: MktNet, feats: np.ndarray, whiten: float = 0.5) -> None:
+    """Start the embedding MLP as the (partly whitened) PCA projection of ``feats``.
+
+    The MLP is Linear(F, 2k) -> ReLU -> Linear(2k, k) with 2k = its hidden width; with rows
+    [P; -P] and [I, -I], ReLU(z) - ReLU(-z) = z makes it exactly z = P (x - mean), so training
+    starts from the frozen features' retrieval quality instead of a random projection.
+    """
+    lin1, lin2 = model.embedder[0], model.embedder[2]
+    k = lin2.out_features
+    if lin1.out_features != 2 * k:
+        raise ValueError("embed_init=pca needs a hidden width of twice embed_dim")
+    x = feats.astype(np.float64)
+    mu = x.mean(0)
+    _, sv, vt = np.linalg.svd(x - mu, full_matrices=False)
+    proj = vt[:k] / (sv[:k, None] ** whiten)
+    z = (x - mu) @ proj.T
+    proj = proj / np.median(np.linalg.norm(z, axis=1))  # pre-normalisation norm ~ 1
+    w = torch.from_numpy(proj).float()
+    b = -(w @ torch.from_numpy(mu).float())
+    lin1.weight.copy_(torch.cat([w, -w]))
+    lin1.bias.copy_(torch.cat([b, -b]))
+    eye = torch.eye(k)
+    lin2.weight.copy_(torch.cat([eye, -eye], dim=1))
+    lin2.bias.zero_()
+
+
+def stem_cache_name(cfg: TrainConfig) -> str:
+    spec = get_arch(cfg.arch)
+    if cfg.heads_only:
+        return f"pooled-{cfg.arch}-aug{cfg.n_aug}.npz"
+    split = cfg.split if cfg.split is not None else spec.split
+    suffix = f"-s{split}" if split is not None else ""
+    return f"stem-{cfg.arch}{suffix}-aug{cfg.n_aug}.npz"
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -382,7 +509,8 @@ def train(cfg: TrainConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     data = load_train_data(cfg)
     spec = get_arch(cfg.arch)
-    model = build_model(cfg.arch, len(data.labels), cfg.embed_dim, pretrained=cfg.weights)
+    model = build_model(cfg.arch, len(data.labels), cfg.embed_dim, pretrained=cfg.weights,
+                        split=cfg.split, text_dim=cfg.text_dim)
     print(f"arch {cfg.arch} ({model.pretrained}), mode {mode}, device {device}, "
           f"{len(data.paths)} photos", flush=True)
 
@@ -390,14 +518,34 @@ def train(cfg: TrainConfig) -> dict:
     val_rows = np.flatnonzero(data.split == "val")
     t0 = time.time()
     if mode == "cached":
-        cache_file = Path(cfg.cache_dir or out) / f"stem-{cfg.arch}.npz"
-        cache = build_stem_cache(model.stem, data.paths, data.split == "train", spec.mean,
+        cache_file = Path(cfg.cache_dir or out) / stem_cache_name(cfg)
+        frozen = nn.Sequential(model.stem, model.tail) if cfg.heads_only else model.stem
+        cache = build_stem_cache(frozen, data.paths, data.split == "train", spec.mean,
                                  spec.std, spec.input_size, cfg.n_aug, cache_file, cfg.seed,
                                  progress=cfg.progress)
-        feeder: CachedFeeder | ImageFeeder = CachedFeeder(cache, device)
+        feeder: CachedFeeder | ImageFeeder = CachedFeeder(cache, device, cfg.heads_only)
+        if cfg.embed_init == "pca":
+            if not cfg.heads_only:
+                raise ValueError("embed_init=pca needs heads_only (cached pooled features)")
+            tr_views = np.flatnonzero(np.isin(cache.photo, train_rows))
+            init_embedder_pca(model, cache.acts[tr_views].astype(np.float32), cfg.pca_whiten)
+            print(f"embedder initialised from PCA of {len(tr_views)} train views", flush=True)
     else:
         feeder = ImageFeeder(data.paths, cfg.arch, device, cfg.workers)
     cache_seconds = time.time() - t0
+    text_by_listing: torch.Tensor | None = None
+    text_np: np.ndarray | None = None
+    if cfg.text_weight > 0 or len(val_rows):
+        from mkt.training.text import title_embeddings
+
+        t_text = time.time()
+        pids = sorted(set(data.product_ids))  # listing code i <-> pids[i]
+        text_np = title_embeddings(cfg.data, pids,
+                                   Path(cfg.cache_dir or out) / "titles-minilm.npy")
+        if text_np.shape[1] != cfg.text_dim:
+            raise ValueError(f"text_dim {cfg.text_dim} != title embeddings {text_np.shape[1]}")
+        text_by_listing = torch.from_numpy(text_np).to(device)
+        print(f"title embeddings {text_np.shape} in {time.time() - t_text:.1f}s", flush=True)
     # channels_last speeds up the depthwise convolutions on CPU (~1.7x here) as well as on GPU
     model.to(device).to(memory_format=torch.channels_last)
 
@@ -416,10 +564,14 @@ def train(cfg: TrainConfig) -> dict:
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
     start_epoch, best, history, stale = 0, -1.0, [], 0
     if cfg.resume and (last := latest_epoch_checkpoint(out)) is not None:
         ckpt = torch.load(last, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt["state_dict"], strict=True)
+        if ema is not None and "ema_state_dict" in ckpt:
+            ema.module.load_state_dict(ckpt["ema_state_dict"], strict=True)
+            ema.updates = int(ckpt.get("ema_updates", 0))
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, best = ckpt["epoch"] + 1, ckpt["best_metric"]
@@ -442,13 +594,16 @@ def train(cfg: TrainConfig) -> dict:
 
     metrics: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
-        tune_tail = epoch >= cfg.freeze_epochs or cfg.max_steps is not None
-        _set_trainable(model, mode, tune_tail)
+        tune_tail = (epoch >= cfg.freeze_epochs or cfg.max_steps is not None) and not (
+            cfg.heads_only and mode == "cached")
+        _set_trainable(model, mode, tune_tail, cfg.freeze_tail_blocks)
         model.train()
         if not tune_tail:
             model.tail.eval()  # frozen BatchNorm statistics too
+        for b in _frozen_tail_blocks(model, cfg.freeze_tail_blocks):
+            b.eval()
         t_epoch = time.time()
-        sums = {"loss": 0.0, "ce": 0.0, "metric": 0.0, "correct": 0, "n": 0}
+        sums = {"loss": 0.0, "ce": 0.0, "metric": 0.0, "text": 0.0, "correct": 0, "n": 0}
         with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
                       TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.3f}"),
                       TimeRemainingColumn(), disable=not cfg.progress) as bar:
@@ -458,22 +613,49 @@ def train(cfg: TrainConfig) -> dict:
                 x = feeder.train_inputs(rows, rng)
                 y = torch.from_numpy(data.label[rows]).to(device)
                 g = torch.from_numpy(groups).to(device)
+                perm, lam = None, 1.0
+                if cfg.mixup > 0 and mode == "cached" and rng.random() < cfg.mixup:
+                    # mix both views of listing i with both views of listing perm(i), one lambda,
+                    # so the pair structure (and the supcon positives) survives the mix
+                    half = len(rows) // 2
+                    p = rng.permutation(half)
+                    perm = torch.from_numpy(np.concatenate([p, p + half])).to(device)
+                    lam = float(rng.beta(cfg.mixup_alpha, cfg.mixup_alpha))
+                    lam = max(lam, 1 - lam)
+                    x = lam * x + (1 - lam) * x[perm]
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    logits, emb = feeder.forward(model, x)
+                    logits, emb, temb = feeder.forward(model, x)
                 ce = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                if perm is not None:
+                    ce = lam * ce + (1 - lam) * F.cross_entropy(
+                        logits.float(), y[perm], label_smoothing=cfg.label_smoothing)
                 ml = supcon_loss(emb.float(), g, cfg.temperature)
                 loss = ce + cfg.metric_weight * ml
+                tl = torch.zeros(())
+                if cfg.text_weight > 0 and text_by_listing is not None:
+                    soft = None
+                    if perm is not None:
+                        _, inv = torch.unique(g, return_inverse=True)
+                        u = int(inv.max()) + 1
+                        soft = lam * F.one_hot(inv, u).float() + (1 - lam) * F.one_hot(
+                            inv[perm], u).float()
+                    tl = text_loss(temb.float(), g, text_by_listing[g], cfg.text_temperature,
+                                   soft)
+                    loss = loss + cfg.text_weight * tl
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(model.parameters(), 5.0)
                 optimizer.step()
                 scheduler.step()
+                if ema is not None:
+                    ema.update(model)
                 step += 1
                 last_loss = loss.item()
                 first_loss = last_loss if first_loss is None else first_loss
                 sums["loss"] += last_loss * len(rows)
                 sums["ce"] += ce.item() * len(rows)
                 sums["metric"] += ml.item() * len(rows)
+                sums["text"] += float(tl.item()) * len(rows)
                 sums["correct"] += int((logits.argmax(1) == y).sum())
                 sums["n"] += len(rows)
                 bar.update(task, advance=1, loss=sums["loss"] / sums["n"],
@@ -485,12 +667,22 @@ def train(cfg: TrainConfig) -> dict:
                     break
         n = max(1, sums["n"])
         row = {"epoch": epoch, "train_loss": sums["loss"] / n, "train_ce": sums["ce"] / n,
-               "train_metric_loss": sums["metric"] / n, "train_acc": sums["correct"] / n,
+               "train_metric_loss": sums["metric"] / n, "train_text_loss": sums["text"] / n,
+               "train_acc": sums["correct"] / n,
                "seconds": round(time.time() - t_epoch, 1), "tail_trained": tune_tail}
+        eval_model = ema.module if ema is not None else model
         if len(val_rows):
-            vlog, vemb = predict(model, feeder, val_rows)
+            vlog, vemb, vtemb = predict(eval_model, feeder, val_rows)
             row["val_acc"] = float((vlog.argmax(1) == data.label[val_rows]).mean())
             row["val_recall@1"] = recall_at_1(vemb, data.listing[val_rows])
+            row["val_ece"] = ece_score(vlog, data.label[val_rows])
+            if ema is not None:  # the raw (non-averaged) weights too, to measure the EMA
+                rlog, remb, _ = predict(model, feeder, val_rows)
+                row["raw_val_acc"] = float((rlog.argmax(1) == data.label[val_rows]).mean())
+                row["raw_val_recall@1"] = recall_at_1(remb, data.listing[val_rows])
+            if text_np is not None:
+                row["val_title_recall@10"] = title_recall_at_k(
+                    vtemb, data.listing[val_rows], text_np[data.listing[val_rows]], 10)
             r1 = row["val_recall@1"] if not math.isnan(row["val_recall@1"]) else 0.0
             row["val_score"] = (row["val_acc"] + r1) / 2
         else:
@@ -509,15 +701,21 @@ def train(cfg: TrainConfig) -> dict:
         metrics = {"history": history, "best_val_score": best, "mode": mode,
                    "device": str(device), "cache_seconds": round(cache_seconds, 1),
                    "first_loss": first_loss, "last_loss": last_loss}
+        ema_extra = ({"ema_state_dict": {k: v.detach().cpu()
+                                         for k, v in ema.module.state_dict().items()},
+                      "ema_updates": ema.updates} if ema is not None else None)
         save_checkpoint(out / f"epoch-{epoch:03d}.pt", model, cfg, data, epoch, metrics, best,
-                        optimizer, scheduler)
+                        optimizer, scheduler, extra=ema_extra)
         if improved:
-            save_checkpoint(out / "best.pt", model, cfg, data, epoch, metrics, best)
+            save_checkpoint(out / "best.pt", eval_model, cfg, data, epoch, metrics, best)
         if cfg.max_steps and step >= cfg.max_steps:
             break
         if stale >= cfg.patience:
             print(f"early stop: no val improvement in {cfg.patience} epochs", flush=True)
             break
+    metrics["train_seconds"] = round(time.time() - t0 - cache_seconds, 1)
+    if cfg.calibrate and len(val_rows) and (out / "best.pt").exists():
+        metrics = _calibrate_best(out / "best.pt", feeder, data, val_rows, metrics)
     metrics["total_seconds"] = round(time.time() - t0, 1)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if writer is not None:

@@ -17,19 +17,6 @@ from PIL import Image
 from mkt.runtime.preprocess import Preprocess
 
 
-class Letterbox:
-    """PIL image -> PIL image through the contract's steps 1-4 (for PIL-based pipelines)."""
-
-    def __init__(self, size: int) -> None:
-        self.pre = Preprocess(size=size)
-
-    def __call__(self, im: Image.Image) -> Image.Image:
-        return Image.fromarray(self.pre.from_pil(im))
-
-    def __repr__(self) -> str:
-        return f"Letterbox(size={self.pre.size})"
-
-
 def _to_tensor(arr: np.ndarray, pre: Preprocess):
     import torch
 
