@@ -126,8 +126,15 @@ def train_main(
     cache_dir: Path | None = typer.Option(None, help="Where cached stem activations live."),
     resume: bool = typer.Option(False, help="Resume from the last epoch checkpoint in --out."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    split: int | None = typer.Option(
+        None, help="EfficientNet-Lite: first trained block; earlier blocks are frozen and, on a "
+                   "CPU, cached (default: the arch's own)."),
+    text_weight: float = typer.Option(
+        0.0, help="Weight of the title-alignment loss that trains the cross-modal head "
+                  "(photo near its listing's title in MiniLM space); 0: off."),
+    ema: float = typer.Option(0.0, help="EMA decay of the weights a step (0: off)."),
 ) -> None:
-    """Fine-tune a backbone into the classifier + embedding model."""
+    """Fine-tune a backbone into the classifier + embedding (+ cross-modal) model."""
     if ctx.invoked_subcommand is not None:
         return
     _need_train_extra("train")
@@ -149,7 +156,8 @@ def train_main(
                       n_aug=n_aug, seed=seed, patience=patience, max_steps=max_steps,
                       limit_photos=limit_photos, threads=threads,
                       cache_dir=str(cache_dir) if cache_dir else None, resume=resume,
-                      progress=progress, command=_command_line("mkt train"))
+                      progress=progress, split=split, text_weight=text_weight, ema=ema,
+                      command=_command_line("mkt train"))
     try:
         metrics = train(cfg)
     except (FileNotFoundError, ValueError) as exc:
