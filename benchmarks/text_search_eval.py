@@ -122,6 +122,14 @@ def main(argv=None) -> int:
     W = np.linalg.solve(Xb.T @ Xb + lam * np.eye(Xb.shape[1]), Xb.T @ Y)
     xmod = (np.hstack([pvec, np.ones((len(pvec), 1))]) @ W).astype(np.float32)
     xmod /= np.linalg.norm(xmod, axis=1, keepdims=True)
+    # a bundle trained with the LiT title loss has the real thing: its text_embedding output,
+    # stored in the index as the photos' cross-modal vectors. Use those when present.
+    xids, xvecs = src.photo_text_vectors() if src.has_text else ([], None)
+    if len(xids):
+        pos = {p: i for i, p in enumerate(xids)}
+        if all(p in pos for p in pids_photo):
+            xmod = np.asarray(xvecs, np.float32)[[pos[p] for p in pids_photo]]
+            log("cross-modal path: the model's own text_embedding vectors (LiT head)")
 
     def build(withhold: str | None, path: Path) -> Index:
         meta = []

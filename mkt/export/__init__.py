@@ -249,6 +249,7 @@ def export_bundle(
             log("fitting the photo + title fusion (train split, chosen on val) ...")
             rep = fit_fusion(bdir, data, work / "fusion")
             shutil.copyfile(work / "fusion" / "fusion.npz", bdir / "fusion.npz")
+            rep.pop("bundle", None)  # a temp dir: no machine paths in the manifest
             manifest["fusion"] = {"file": "fusion.npz", **rep}
             manifest = B.write_manifest(bdir, manifest)
         B.verify_bundle(bdir)
