@@ -99,7 +99,7 @@ def test_bundle_files_and_checker(small):
         assert inp.name == "image" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
         dims = inp.type.tensor_type.shape.dim
         assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [64, 64, 3]
-        assert [o.name for o in m.graph.output] == ["logits", "embedding"]
+        assert [o.name for o in m.graph.output] == ["logits", "embedding", "text_embedding"]
     # no temp dir left next to the bundle
     assert not [p for p in bdir.parent.iterdir() if p.name.startswith(".bundle")]
 

@@ -2,9 +2,9 @@
 
 The committed example photos are real catalogue photos; the shipped bundle must name their
 categories (confidently, not flagged uncertain) at both precisions, and the shipped index must
-return the photo itself first and another photo of the same listing among the nearest. The same checks must
-fail on a bundle with the right shapes but wrong answers (its labels rotated by one): a test
-that a broken model would pass is no test.
+return the photo itself first and another photo of the same listing among the nearest. The
+same checks must fail on a bundle with the right shapes but wrong answers (its labels rotated
+by one): a test that a broken model would pass is no test.
 """
 
 from __future__ import annotations

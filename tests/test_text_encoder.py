@@ -78,7 +78,7 @@ def test_truncation_is_reported(enc):
     assert float(v[1] @ w[0]) > 0.999
 
 
-def test_from_bundle(tdir, bundle_dir, tmp_path):
+def test_from_bundle(tdir, bundle_dir, make_bundle, tmp_path):
     from mkt.runtime.bundle import load_bundle
 
     b = load_bundle(bundle_with_text(bundle_dir, tdir, tmp_path / "b"))
@@ -87,7 +87,7 @@ def test_from_bundle(tdir, bundle_dir, tmp_path):
     assert enc.encode(["oak table"]).shape == (1, 384)
     # a bundle without a text section says so
     with pytest.raises(TextModelError, match="no text model"):
-        TextEncoder.from_bundle(load_bundle(bundle_dir))
+        TextEncoder.from_bundle(load_bundle(make_bundle(0)))
     # tampered text model: the bundle refuses to load (sha256 in manifest files)
     m = json.loads((tmp_path / "b" / "manifest.json").read_text())
     p = tmp_path / "b" / m["text"]["model"]
