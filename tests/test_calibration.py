@@ -92,3 +92,29 @@ def test_hostile_calibration_numbers_are_ignored(tmp_path):
     assert cal.temperature == 1.0 and cal.min_confidence is None and cal.reference is None
     assert cal.max_pixel_gradient is None
     assert Calibration.from_manifest("junk").temperature == 1.0
+
+
+def test_shipped_bundle_flags_junk_in_classify_similar_and_price(tmp_path, fixture_photos):
+    """Through the commands, on the shipped bundle and catalogue: noise, a blank frame and a
+    screenshot of text are ``uncertain``; the committed example photos are not."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from tests.conftest import jlines, run
+
+    junk = []
+    for name, arr in _junk().items():
+        p = tmp_path / f"{name}.png"
+        Image.fromarray(arr).save(p)
+        junk.append(p)
+    examples = sorted((Path(__file__).resolve().parent.parent / "mkt" / "assets" /
+                       "examples").glob("*.jpg"))
+    for cmd in ("classify", "similar", "price"):
+        res = run(cmd, *junk, *examples, "--json")
+        assert res.exit_code == 0, res.output
+        flags = [r["uncertain"] for r in jlines(res.stdout)]
+        if cmd == "classify":
+            assert flags == [True] * len(junk) + [False] * len(examples), flags
+        else:  # far from the catalogue: noise at least; the examples never
+            assert flags[0] and flags[len(junk):] == [False] * len(examples), (cmd, flags)

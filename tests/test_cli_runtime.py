@@ -126,7 +126,7 @@ def test_index_build_info_similar(built_index, bundle_dir, fixture_photos, datas
     rows = jlines(res.stdout)
     assert [r["path"] for r in rows] == [str(q), str(fixture_photos[1])]
     for r in rows:
-        assert set(r) == {"path", "results"} and len(r["results"]) == 3
+        assert set(r) == {"path", "uncertain", "results"} and len(r["results"]) == 3
         for h in r["results"]:
             assert set(h) == {"id", "score", "product_id", "title", "price", "category"}
     top = rows[0]["results"][0]

@@ -131,7 +131,7 @@ def test_no_priced_neighbours_gives_null(tmp_path):
                        meta=[{"path": "x.jpg"}, {"path": "y.jpg"}])
     s = P.suggest_from_hits(idx.search(_unit(0.0), 2), k=3)
     assert (s.price, s.low, s.high, s.neighbours) == (None, None, None, [])
-    assert set(s.to_dict()) == {"path", "price", "low", "high", "neighbours"}
+    assert set(s.to_dict()) == {"path", "price", "low", "high", "uncertain", "neighbours"}
 
 
 def test_predict_log_price_agrees_with_suggest(tiny_index):
@@ -167,7 +167,7 @@ def test_cli_price_json_shape(built_index, bundle_dir, fixture_photos, tmp_path)
     assert sorted(rows) == sorted(str(p) for p in photos)
     assert set(rows[str(bad)]) == {"path", "error"}
     for r in (rows[str(photos[0])], rows[str(photos[2])]):
-        assert set(r) == {"path", "price", "low", "high", "neighbours"}
+        assert set(r) == {"path", "price", "low", "high", "uncertain", "neighbours"}
         assert 1 <= len(r["neighbours"]) <= 5
         assert r["low"] <= r["price"] <= r["high"]
         for n in r["neighbours"]:

@@ -75,7 +75,7 @@ def test_price(client, photo):
     r = client.post("/price?k=5", files=up(photo))
     assert r.status_code == 200, r.text
     d = r.json()
-    assert set(d) == {"path", "price", "low", "high", "neighbours"}
+    assert set(d) == {"path", "price", "low", "high", "uncertain", "neighbours"}
     assert d["low"] <= d["price"] <= d["high"] and 1 <= len(d["neighbours"]) <= 5
     assert {"id", "price", "score"} <= set(d["neighbours"][0])
     r = client.post("/price", files=up(photo, ctype="application/octet-stream"))
@@ -178,7 +178,7 @@ def test_openapi_and_docs(client):
         return set(schemas[ref.rsplit("/", 1)[1]]["properties"])
 
     assert {"path", "category", "score", "top"} <= fields("/classify")
-    assert fields("/similar") == {"path", "results"}
+    assert fields("/similar") == {"path", "uncertain", "results"}
     assert {"path", "price", "low", "high", "neighbours"} <= fields("/price")
     assert {"status", "model_id", "labels"} <= fields("/health", "get")
     assert set(schemas["SimilarHit"]["properties"]) == {"id", "score", "product_id", "title",

@@ -99,9 +99,10 @@ def show_price(s: Any) -> None:
         sys.stdout.write(f"{what}: no price (no priced neighbours)\n")
         return
     n = len(s.neighbours)
+    flag = "  [uncertain: unlike every catalogue photo]" if s.uncertain else ""
     sys.stdout.write(
         f"{what}: {money(s.price, '-')}  (range {money(s.low, '-')} - {money(s.high, '-')}, "
-        f"from {n} listing{'s' if n != 1 else ''})\n"
+        f"from {n} listing{'s' if n != 1 else ''}){flag}\n"
     )
     for nb in s.neighbours[:5]:
         title = " ".join(str(nb.title or nb.id).split())

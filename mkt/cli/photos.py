@@ -74,8 +74,9 @@ def show_prediction(p: Any) -> None:
     """One line a photo. Plain text, no rich: importing rich costs ~0.1 s of cold start."""
     what = p.path if p.paths is None else f"listing ({len(p.paths)} photos)"
     rest = " | ".join(f"{c} {s:.1%}" for c, s in p.top[1:])
+    flag = "  [uncertain: low confidence or unlike the catalogue's photos]" if p.uncertain else ""
     sys.stdout.write(f"{what}: {p.category} {p.score:.1%}" + (f"  ({rest})" if rest else "")
-                     + "\n")
+                     + flag + "\n")
 
 
 def similar_command(
@@ -134,7 +135,8 @@ def show_hits(r: Any, con: Any, resolver: Any = None) -> None:
     when it is found, else the path the index recorded)."""
     from rich.table import Table
 
-    t = Table(title=f"{esc(r.path)}: {len(r.results)} similar", title_justify="left",
+    flag = " [uncertain: unlike every catalogue photo]" if r.uncertain else ""
+    t = Table(title=f"{esc(r.path)}: {len(r.results)} similar{flag}", title_justify="left",
               box=None)
     t.add_column("#", justify="right", style="dim")
     t.add_column("score", justify="right", style="cyan")

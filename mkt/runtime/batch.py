@@ -175,6 +175,9 @@ class SimilarResult:
 
     path: str
     results: list[SimilarHit]
+    #: the nearest catalogue photo is farther than val photos' nearest ever were (the
+    #: bundle's calibrated ``min_neighbour_score``): the photo is unlike the catalogue
+    uncertain: bool = False
 
     def __post_init__(self) -> None:
         self.hits: list[Any] = []
@@ -186,7 +189,8 @@ class SimilarResult:
         return r
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "results": [h.to_dict() for h in self.results]}
+        return {"path": self.path, "uncertain": bool(self.uncertain),
+                "results": [h.to_dict() for h in self.results]}
 
 
 def classify_photos(
@@ -232,6 +236,14 @@ def embed_batches(
         yield batch, vecs
 
 
+def _far(model: Any, hits: Sequence[Any]) -> bool:
+    """True when the best hit is under the bundle's calibrated neighbour floor."""
+    cal = getattr(model, "calibration", None)
+    if cal is None:
+        return False
+    return bool(cal.neighbour_uncertain(hits[0].score if hits else None))
+
+
 def similar_photos(
     model: Any,
     index: Any,
@@ -260,15 +272,18 @@ def similar_photos(
                 yield it.failure()
                 continue
             hits = next(found)
+            far = _far(model, hits)
             if encoder is None:
-                yield SimilarResult.from_hits(it.name, hits)
+                r = SimilarResult.from_hits(it.name, hits)
+                r.uncertain = far
+                yield r
                 continue
             from .index import Hit
             from .search import similar_with_text
 
             fused = similar_with_text(index, encoder, hits, text, k)
             meta = index.photos_meta([h.id for h in fused.results])
-            r = SimilarResult(it.name, list(fused.results))
+            r = SimilarResult(it.name, list(fused.results), uncertain=far)
             r.hits = [Hit(h.id, h.score, -1, dict(meta.get(h.id) or {})) for h in fused.results]
             yield r
 

@@ -167,6 +167,8 @@ class PriceSuggestion:
     high: float | None
     neighbours: list[PriceNeighbour] = field(default_factory=list)
     paths: list[str] | None = None  # set when several photos were priced as one listing
+    #: the photo is farther from the catalogue than val photos were (see ``similar``)
+    uncertain: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"path": self.path}
@@ -175,6 +177,7 @@ class PriceSuggestion:
         d["price"] = self.price
         d["low"] = self.low
         d["high"] = self.high
+        d["uncertain"] = bool(self.uncertain)
         d["neighbours"] = [n.to_dict() for n in self.neighbours]
         return d
 
@@ -309,13 +312,19 @@ def suggest_price(
     ex_ids: set[str] = set()
     ex_products: set[str] = set()
 
+    cal = getattr(model, "calibration", None)
+
     def suggest(hits: Sequence[Any], vec: np.ndarray, path: str, paths: list[str] | None,
                 ids: set[str], products: set[str]) -> PriceSuggestion:
         if fused is not None:
             fusion, tvec, cat = fused
             hits = cat.hits(fusion, vec, tvec, k, exclude_products=products)
-        return suggest_from_hits([hits], k=k, tau=tau, statistic=statistic, path=path,
-                                 paths=paths, exclude_ids=ids, exclude_products=products)
+        s = suggest_from_hits([hits], k=k, tau=tau, statistic=statistic, path=path,
+                              paths=paths, exclude_ids=ids, exclude_products=products)
+        if cal is not None and fused is None:
+            s.uncertain = bool(cal.neighbour_uncertain(
+                s.neighbours[0].score if s.neighbours else None))
+        return s
 
     for batch, vecs in embed_batches(model, photos, batch_size, names=names):
         need_hits = fused is None or exclude_self
@@ -345,8 +354,12 @@ def suggest_price(
             yield suggest([], m / max(float(np.linalg.norm(m)), 1e-12), pooled_names[0],
                           pooled_names, ex_ids, ex_products)
         else:
-            yield suggest_from_hits(pooled, k=k, path=pooled_names[0], paths=pooled_names,
-                                    exclude_ids=ex_ids, exclude_products=ex_products)
+            s = suggest_from_hits(pooled, k=k, path=pooled_names[0], paths=pooled_names,
+                                  exclude_ids=ex_ids, exclude_products=ex_products)
+            if cal is not None:
+                s.uncertain = bool(cal.neighbour_uncertain(
+                    s.neighbours[0].score if s.neighbours else None))
+            yield s
 
 
 def _title_pricer(model: Any, index: Any, title: str) -> tuple[Any, np.ndarray, Any]:
