@@ -8,9 +8,9 @@ from mkt.training.models import build_model, get_arch
 from mkt.training.features import ort_session, _cache_key
 torch.set_num_threads(2)
 src_split, dst_split = int(sys.argv[2]) if len(sys.argv) > 2 else 8, int(sys.argv[1])
-cache_dir = Path("/work/runs/cache")
-cfg8 = TrainConfig(data="/work/data/clean", out="", split=src_split, n_aug=3)
-cfgd = TrainConfig(data="/work/data/clean", out="", split=dst_split, n_aug=3)
+cache_dir = Path("runs/cache")
+cfg8 = TrainConfig(data="work/data", out="", split=src_split, n_aug=3)
+cfgd = TrainConfig(data="work/data", out="", split=dst_split, n_aug=3)
 data = load_train_data(cfg8)
 spec = get_arch("efficientnet_lite0")
 m8 = build_model("efficientnet_lite0", 13, pretrained="imagenet", split=src_split)
