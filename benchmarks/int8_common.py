@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-PHOTOS = Path(os.environ.get("MKT_PHOTOS", "/work/shared/data/marketplace/images"))
+_SHARED = Path(__file__).resolve().parents[2] / "shared"
+PHOTOS = Path(os.environ.get("MKT_PHOTOS", _SHARED / "data" / "marketplace" / "images"))
 WORK = Path(os.environ.get("MKT_INT8_WORK", "/tmp/mkt-int8"))
 SEED = 0
 

@@ -1,7 +1,7 @@
 """Choose the text-search fusion weights on VAL, score them once on TEST, time search_text.
 
     python benchmarks/text_search_eval.py --text-dir DIR [--bundle B] [--index I]
-        [--data /work/data/clean] [--work /tmp/mkt-text-eval] [--out benchmarks/results]
+        [--data work/data] [--work /tmp/mkt-text-eval] [--out benchmarks/results]
 
 Protocol (known-item search from a title): the catalogue is every listing of the cleaned data
 dir with its photos (vectors taken from the shipped catalogue index ``--index``, built by
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     ap.add_argument("--text-dir", type=Path, required=True)
     ap.add_argument("--bundle", type=Path, default=None)
     ap.add_argument("--index", type=Path, default=None)
-    ap.add_argument("--data", type=Path, default=Path("/work/data/clean"))
+    ap.add_argument("--data", type=Path, default=Path("work/data"))
     ap.add_argument("--work", type=Path, default=Path("/tmp/mkt-text-eval"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     a = ap.parse_args(argv)

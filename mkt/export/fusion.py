@@ -1,6 +1,6 @@
 """Fit the photo + title fusion (category classifier, price kNN settings) for a bundle.
 
-    python -m mkt.export.fusion --bundle DIR --data /work/data/clean --out DIR [--text-dir D]
+    python -m mkt.export.fusion --bundle DIR --data work/data --out DIR [--text-dir D]
 
 1. Features (cached in ``--cache``, default ``$TMPDIR/mkt-fusion/features-<model_id>.npz``,
    keyed by model ids and data dir; never in the bundle): every photo of the
@@ -54,14 +54,21 @@ def load_data(data: str | Path) -> tuple[Any, Any]:
 
 
 def photo_dir_from_data(data: str | Path) -> Path:
+    """The photo folder of a cleaned data dir (its ``source.json``, as ``mkt data clean``
+    writes it)."""
     src = Path(data) / "source.json"
-    if src.is_file():
-        with __import__("contextlib").suppress(Exception):
-            s = json.loads(src.read_text())
-            for k in ("src", "source", "path"):
-                if isinstance(s.get(k), str) and (Path(s[k]) / "images").is_dir():
-                    return Path(s[k]) / "images"
-    return Path("/work/shared/data/marketplace/images")
+    try:
+        s = json.loads(src.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{src}: cannot read the data's source ({e})") from None
+    for k in ("src", "source", "path"):
+        if isinstance(s.get(k), str):
+            folder = Path(s[k])
+            if not folder.is_absolute():
+                folder = (Path(data) / folder).resolve()
+            if (folder / "images").is_dir():
+                return folder / "images"
+    raise ValueError(f"{src}: its source has no images/ folder")
 
 
 def text_encoder_for(bundle_dir: Path, text_dir: Path | None):
@@ -306,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bundle", type=Path, required=True)
-    ap.add_argument("--data", type=Path, default=Path("/work/data/clean"))
+    ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--text-dir", type=Path, default=None,
                     help="text model dir, when the bundle has no 'text' section yet")

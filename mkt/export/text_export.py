@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description="Export all-MiniLM-L6-v2 to ONNX for mkt")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--data", type=Path, default=Path("/work/data/clean"))
+    ap.add_argument("--data", type=Path, required=True, help="cleaned data dir (val texts)")
     ap.add_argument("--n", type=int, default=300, help="titles and descriptions each")
     ap.add_argument("--fp32", action="store_true", help="no int8 attempt")
     a = ap.parse_args(argv)
