@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-MAX_VALID_PRICE = 100_000.0
 C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 FEATURE_SETS = ("logp+title", "logp+emb+title")
 ALPHA_GRID = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
@@ -219,25 +218,20 @@ def fit_category(f: dict[str, Any], L: dict[str, np.ndarray],
     return arrays, rep
 
 
-def _valid_price(p: np.ndarray) -> np.ndarray:
-    return np.isfinite(p) & (p > 0) & (p <= MAX_VALID_PRICE)
-
-
-def _r2(y: np.ndarray, p: np.ndarray) -> float:
-    return float(1 - np.sum((y - p) ** 2) / np.sum((y - y.mean()) ** 2))
-
-
 def fit_price(f: dict[str, Any], L: dict[str, np.ndarray],
               log: Callable[[str], None] = _log) -> tuple[dict[str, Any], dict[str, Any]]:
     """Choose alpha/k/tau of the fused kNN on val; catalogue = train listings, each by its
     mean photo embedding and its listing-text embedding (as the index stores it); queries by
     their photos and their title only (what a seller types)."""
+    from sklearn.metrics import r2_score
+
     from mkt.runtime.fusion import knn_log_price
+    from mkt.training.metrics import valid_price
 
     keep = L["keep"]
     split = f["split"][keep]
     price = f["price"][keep]
-    ok = _valid_price(price)
+    ok = valid_price(price)
     cat = (split == "train") & ok
     emb, title = L["emb"], f["title_emb"][keep]
     ctext = f["listing_emb"][keep]
@@ -246,7 +240,7 @@ def fit_price(f: dict[str, Any], L: dict[str, np.ndarray],
     def score(mask, alpha, k, tau):
         pe = knn_log_price(emb[mask], title[mask], emb[cat], ctext[cat], ylog[cat],
                            alpha=alpha, k=k, tau=tau)
-        return _r2(ylog[mask], pe)
+        return float(r2_score(ylog[mask], pe))
 
     va, te = (split == "val") & ok, (split == "test") & ok
     grid = []

@@ -120,15 +120,11 @@ def cpu_info() -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
-    from importlib import metadata
+    """Python and the runtime's libraries (:func:`mkt.runtime.bundle.library_versions`)."""
+    from .bundle import library_versions
 
-    out = {"python": platform.python_version()}
-    for dist in ("mkt", "onnxruntime", "numpy", "pillow", "hnswlib"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "absent"
-    return out
+    return {"python": platform.python_version(),
+            **library_versions(("mkt", "onnxruntime", "numpy", "pillow", "hnswlib"))}
 
 
 # -- photos ---------------------------------------------------------------------------------

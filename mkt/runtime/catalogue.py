@@ -83,7 +83,10 @@ def parse_price(text: Any) -> float | None:
 
 
 def valid_price(price: Any, max_price: float = MAX_VALID_PRICE) -> bool:
-    """True when ``price`` is a known number above £0 and at most ``max_price``."""
+    """True when ``price`` is a known number above £0 and at most ``max_price`` (a bool is
+    not a price)."""
+    if isinstance(price, bool):
+        return False
     try:
         p = float(price)
     except (TypeError, ValueError):

@@ -33,8 +33,7 @@ import numpy as np
 
 # Prices above MAX_VALID_PRICE are absurd asks (the data has £1,234,567 and £10,000,000 for
 # bicycle parts) and never vote: the catalogue's rule, shared with the training side.
-from .catalogue import MAX_VALID_PRICE
-from .catalogue import valid_price as _catalogue_valid_price
+from .catalogue import MAX_VALID_PRICE, valid_price
 
 #: How many listings vote. Tuned on the val split (benchmarks/eval_price.py: k=40 is the best
 #: of 5..100 with tau=0.1; R² of log price flat within 0.01 from k=20 to k=50).
@@ -53,12 +52,6 @@ DEFAULT_STATISTIC = "mean"
 
 #: The reported range: these weighted quantiles of the neighbours' prices.
 RANGE_QUANTILES = (0.25, 0.75)
-
-
-def valid_price(price: Any, max_price: float = MAX_VALID_PRICE) -> bool:
-    """The catalogue's price rule (known, above £0, at most ``max_price``:
-    :func:`mkt.runtime.catalogue.valid_price`); a bool is not a price either."""
-    return not isinstance(price, bool) and _catalogue_valid_price(price, max_price)
 
 
 def weighted_quantile(values: Sequence[float], weights: Sequence[float] | None,
