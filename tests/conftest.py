@@ -113,3 +113,61 @@ def build_index(tmp_path_factory: Any, bundle: Path, dataset: Path, *extra: Any)
     res = run("index", "build", dataset, "--out", out, "--bundle", bundle, *extra)
     assert res.exit_code == 0, res.output
     return out
+
+
+# -- a real PostgreSQL (+pgvector), started by the tests themselves --------------------------
+
+
+class Postgres:
+    """A running PostgreSQL server (pgserver's binaries, pgvector included) on a unix socket.
+
+    ``admin_uri``: superuser over trust auth (for fixtures only). ``url``: a SQLAlchemy URL
+    for the role ``mkt`` *without* its password; the role needs ``password`` (scram-sha-256),
+    so a wrong or missing password really fails. ``database``: owned by ``mkt``, with the
+    ``vector`` extension created.
+    """
+
+    user = "mkt"
+    password = "pw-Zq81-never-printed"  # grepped for in every output by the credential tests
+    database = "listings"
+
+    def __init__(self, server: Any, pgdata: Path):
+        self.server = server
+        self.pgdata = pgdata
+        self.socket_dir = str(pgdata)
+        self.admin_uri = server.get_uri()
+        self.url = f"postgresql+psycopg://{self.user}@/{self.database}?host={self.socket_dir}"
+
+    def psql(self, sql: str, database: str | None = None) -> str:
+        """Run SQL as the superuser (``database``: default the listings database)."""
+        import psycopg
+
+        uri = self.admin_uri.replace("/postgres?", f"/{database or self.database}?")
+        with psycopg.connect(uri, autocommit=True) as conn, conn.cursor() as cur:
+            cur.execute(sql)
+            return str(cur.fetchall()) if cur.description else ""
+
+    def fresh_database(self, name: str) -> str:
+        """A new empty database owned by ``mkt`` (with pgvector); returns its URL (no password)."""
+        self.server.psql(f'CREATE DATABASE "{name}" OWNER {self.user};')
+        self.psql("CREATE EXTENSION IF NOT EXISTS vector;", database=name)
+        return f"postgresql+psycopg://{self.user}@/{name}?host={self.socket_dir}"
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A real PostgreSQL server for the session (pgserver from PyPI; stopped at the end)."""
+    pgserver = pytest.importorskip("pgserver")
+    pytest.importorskip("psycopg")
+    pgdata = tmp_path_factory.mktemp("pg")
+    srv = pgserver.get_server(pgdata, cleanup_mode="stop")
+    pg = Postgres(srv, pgdata)
+    srv.psql(f"CREATE ROLE {pg.user} LOGIN PASSWORD '{pg.password}';")
+    srv.psql(f"CREATE DATABASE {pg.database} OWNER {pg.user};")
+    pg.psql("CREATE EXTENSION IF NOT EXISTS vector;")
+    # The mkt role must authenticate with its password; the superuser keeps trust.
+    hba = pgdata / "pg_hba.conf"
+    hba.write_text(f"local all {pg.user} scram-sha-256\n" + hba.read_text())
+    srv.psql("SELECT pg_reload_conf();")
+    yield pg
+    srv.cleanup()
