@@ -187,7 +187,7 @@ def export_bundle(
             "arch": ckpt["arch"],
             **contract.to_manifest(),
             "labels": list(ckpt["labels"]),
-            "embedding_dim": int(ckpt["embed_dim"]),
+            "embedding_dim": int(ckpt.get("retrieval_dim") or ckpt["embed_dim"]),
             "outputs": {n: n for n in graph_outputs},
             "models": models,
             "default": "int8",

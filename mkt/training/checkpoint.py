@@ -3,7 +3,8 @@
 A checkpoint is a plain dict of tensors and plain types, saved with ``torch.save`` and read
 with ``torch.load(weights_only=True)`` (no pickled code can run):
 
-    {"format", "arch", "num_classes", "labels", "embed_dim", "text_dim", "input_size",
+    {"format", "arch", "num_classes", "labels", "embed_dim", "text_dim", ["retrieval_dim",]
+     "input_size",
      "mean", "std", "preprocess", "pretrained", "state_dict", "config", "metrics",
      "calibration", "data", "command", "epoch", "best_metric" [, "optimizer", "scheduler"]}
 
@@ -76,7 +77,8 @@ def model_from_checkpoint(ckpt: Mapping[str, Any]):
 
     model = build_model(ckpt["arch"], int(ckpt["num_classes"]), int(ckpt["embed_dim"]),
                         pretrained=None, split=ckpt.get("split"),
-                        text_dim=int(ckpt.get("text_dim", 384)))
+                        text_dim=int(ckpt.get("text_dim", 384)),
+                        retrieval_dim=ckpt.get("retrieval_dim"))
     state = ckpt["state_dict"]
     if "text_dim" not in ckpt:
         # a two-headed checkpoint from before the text head: the text head stays untrained

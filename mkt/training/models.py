@@ -211,6 +211,30 @@ register(ArchSpec("small_cnn", _build_small_cnn, IMAGENET_MEAN, IMAGENET_STD, 64
 # --------------------------------------------------------------------------- the three-headed model
 
 
+class RetrievalHead(nn.Module):
+    """The instance embedding ``similar`` searches with, when a checkpoint has one.
+
+    Why: the category-trained embedding head (supervised contrastive on categories) folds
+    photos of one category together, and loses to the pooled trunk features at finding a
+    listing's other photo. This head maps ``[embedding, w * normalise(pooled features)]`` to
+    ``out_dim`` with one linear layer trained on same-listing pairs (InfoNCE; see
+    :mod:`mkt.training.retrieval`), so the index keeps its size and gains instance detail.
+    ``feature_weight`` is a buffer: it is part of the weights and of the model id.
+    """
+
+    def __init__(self, embed_dim: int, feat_dim: int, out_dim: int,
+                 feature_weight: float = 2.0) -> None:
+        super().__init__()
+        self.register_buffer("feature_weight", torch.tensor(float(feature_weight)))
+        self.proj = nn.Linear(embed_dim + feat_dim, out_dim)
+
+    def inputs(self, emb: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        return torch.cat([emb, self.feature_weight * F.normalize(feats, dim=1)], dim=1)
+
+    def forward(self, emb: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.proj(self.inputs(emb, feats)), dim=1)
+
+
 class MktNet(nn.Module):
     """Trunk + category head + instance embedding head + text-space head.
 
@@ -221,7 +245,8 @@ class MktNet(nn.Module):
     """
 
     def __init__(self, trunk: Trunk, num_classes: int, embed_dim: int = 256,
-                 dropout: float = 0.2, text_dim: int = 384) -> None:
+                 dropout: float = 0.2, text_dim: int = 384,
+                 retrieval_dim: int | None = None) -> None:
         super().__init__()
         self.stem = trunk.stem
         self.tail = trunk.tail
@@ -233,6 +258,11 @@ class MktNet(nn.Module):
                                        nn.Linear(512, text_dim))
         self.text_dim = text_dim
         self.pretrained = trunk.pretrained
+        # optional, added after training by mkt.training.retrieval; None: `embedding` is the
+        # embedder's output
+        self.retrieval: RetrievalHead | None = (
+            RetrievalHead(embed_dim, trunk.feat_dim, retrieval_dim)
+            if retrieval_dim else None)
 
     def resplit(self, split: int) -> None:
         """Move the stem/tail cut of an EfficientNet-Lite trunk to block ``split``."""
@@ -259,6 +289,8 @@ class MktNet(nn.Module):
     def heads(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self.classifier(self.dropout(feats))
         emb = F.normalize(self.embedder(feats), dim=1)
+        if self.retrieval is not None:
+            emb = self.retrieval(emb, feats)
         temb = F.normalize(self.text_head(feats), dim=1)
         return logits, emb, temb
 
@@ -273,11 +305,11 @@ class MktNet(nn.Module):
 
 def build_model(arch: str, num_classes: int, embed_dim: int = 256,
                 pretrained: str | None = None, split: int | None = None,
-                text_dim: int = 384) -> MktNet:
+                text_dim: int = 384, retrieval_dim: int | None = None) -> MktNet:
     """``pretrained``: None (random init), ``"imagenet"``, or a path to a trunk state dict.
 
     ``split``: first trainable block for the EfficientNet-Lite family (None: the arch default).
     """
     spec = get_arch(arch)
     return MktNet(_call_build(spec, pretrained, split), num_classes, embed_dim,
-                  text_dim=text_dim)
+                  text_dim=text_dim, retrieval_dim=retrieval_dim)
