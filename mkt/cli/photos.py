@@ -146,13 +146,13 @@ def show_hits(r: Any, con: Any, resolver: Any = None) -> None:
     t.add_column("score", justify="right", style="cyan")
     t.add_column("id", no_wrap=True)
     listing = any(h.category or h.title or h.price is not None for h in r.results)
+    near = any(h.distance_km is not None or h.location for h in r.results)
     if listing:
         t.add_column("category", style="green", no_wrap=True)
         t.add_column("price", justify="right", no_wrap=True)
-        t.add_column("title", overflow="ellipsis", no_wrap=True, max_width=60)
+        t.add_column("title", overflow="ellipsis", no_wrap=True, max_width=40 if near else 60)
     else:
         t.add_column("file", overflow="fold")
-    near = any(h.distance_km is not None or h.location for h in r.results)
     if near:
         t.add_column("km", justify="right", no_wrap=True)
         t.add_column("location", overflow="ellipsis", no_wrap=True, max_width=24)
