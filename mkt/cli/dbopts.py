@@ -19,7 +19,7 @@ ProductsTableOpt = Annotated[str, typer.Option(
 ImagesTableOpt = Annotated[str, typer.Option(
     "--images-table", metavar="NAME", help="Database table of photos (id, product_id).")]
 PhotosDirOpt = Annotated[Path | None, typer.Option(
-    "--photos", metavar="DIR", help="Folder of the database's photos, <image id>.jpg.")]
+    "--photos", metavar="DIR", help="Folder of the database's photos, IMAGE_ID.jpg.")]
 PathColumnOpt = Annotated[str | None, typer.Option(
     "--path-column", metavar="COLUMN",
     help="Column of the images table with each photo's path (relative to --photos).")]
