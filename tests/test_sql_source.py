@@ -5,6 +5,7 @@ prices, a photo without a file); the password never in any output or file."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -235,3 +236,25 @@ def test_password_never_in_output_or_files(postgres, bundle_dir, dataset_dir, ph
             _grep_secret(wrong, res, bad, out)
         assert not (bad / "index.json").exists()  # nothing half-written
     assert Index.open(out).count == len(Index.open(out).ids())
+
+
+def test_postgres_rows_are_streamed(postgres, dataset_dir, photos, monkeypatch):
+    """A server-side cursor: after the first photo, the server has been asked for rows of a
+    cursor (FETCH FORWARD n, n <= the chunk), not for the whole result."""
+    from mkt.runtime.catalogue import open_source
+    from mkt.runtime.sql_source import iter_sql
+
+    url = postgres.fresh_database("stream_pg")
+    load(dataset_dir, _with_pw(url, postgres.password))
+    monkeypatch.setenv("MKT_DB_PASSWORD", postgres.password)
+    rows = iter_sql(url, photos=photos, chunk=5)
+    first = next(rows)
+    (q,) = eval(postgres.psql(  # noqa: S307 - our own fixture's repr of rows
+        "SELECT query FROM pg_stat_activity WHERE usename = 'mkt' AND datname = 'stream_pg'"))
+    m = re.match(r"FETCH FORWARD (\d+) FROM", q[0], re.I)
+    assert m and int(m.group(1)) <= 5, q
+    rest = list(rows)
+    assert len(rest) + 1 == len(read_csv_rows(dataset_dir / "Images.csv"))
+    items = list(open_source(url, photos=photos))  # the one entry point: same photos, placed
+    assert [i.id for i in items] == [first.id] + [r.id for r in rest]
+    assert all(i.lat is not None for i in items if i.location)
