@@ -26,9 +26,10 @@ from typing import Any
 from .batch import DEFAULT_BATCH, PhotoError
 from .indexing import OnError, Progress, _ignore, embed_items, embed_listing_text
 
-#: metadata that, when it differs, is written without re-embedding
-_COMPARED = ("product_id", "title", "price", "category", "location", "description", "lat",
-             "lon")
+#: listing metadata that, when it differs, is an update (written without re-embedding);
+#: lat/lon follow the location (a differing place alone, e.g. an index written before they
+#: were stored, or a new gazetteer, is written too but counted as unchanged)
+_COMPARED = ("product_id", "title", "price", "category", "location", "description")
 
 
 @dataclass
@@ -67,9 +68,14 @@ def _meta_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     from .index import _clean_meta
 
     o, n = _clean_meta(old), _clean_meta(new)
-    if any(not _same(o[k], n[k]) for k in o if k in _COMPARED):
-        return True
-    return any(not _same(old.get(k), new.get(k)) for k in ("lat", "lon"))
+    return any(not _same(o[k], n[k]) for k in _COMPARED)
+
+
+def _bookkeeping(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """The photo's stored place or file signature is missing or stale (nothing a user
+    changed): rewrite the row, count it unchanged."""
+    return old.get("fsig") is None or any(not _same(old.get(k), new.get(k))
+                                          for k in ("lat", "lon"))
 
 
 def sync_index(
@@ -123,7 +129,7 @@ def sync_index(
             update[it.id] = meta
             rep.updated += 1
         else:
-            if old["fsig"] is None:  # an index built before signatures: record them
+            if _bookkeeping(old, meta):  # e.g. an index built before signatures and places
                 update[it.id] = meta
             rep.unchanged += 1
     remove = [i for i in stored if i not in seen]
