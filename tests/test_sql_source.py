@@ -258,3 +258,43 @@ def test_postgres_rows_are_streamed(postgres, dataset_dir, photos, monkeypatch):
     items = list(open_source(url, photos=photos))  # the one entry point: same photos, placed
     assert [i.id for i in items] == [first.id] + [r.id for r in rest]
     assert all(i.lat is not None for i in items if i.location)
+
+
+def test_sync_failing_mid_commit_leaves_the_index_as_it_was(dataset_dir, photos, tmp_path,
+                                                             monkeypatch):
+    """A sync is one generation: if writing it fails, the index on disk is exactly the old
+    one (same generation, files, rows); the next sync then does all of it."""
+    from mkt.runtime.catalogue import open_source
+    from mkt.runtime.errors import MktIndexError
+    from mkt.runtime.sync import sync_index
+
+    class Dims:  # only removals and metadata below: nothing is embedded
+        embedding_dim = 8
+
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    load(dataset_dir, url)
+    items = list(open_source(url, photos=photos))
+    d = tmp_path / "idx"
+    rng = np.random.default_rng(0)
+    Index.create(d, model_id="m", dim=8, ids=[i.id for i in items],
+                 vectors=rng.normal(size=(len(items), 8)).astype(np.float32),
+                 meta=[i.meta(photos) for i in items])
+    first = items[0]
+    _sql(url, ("UPDATE products SET product_name = 'Changed' WHERE id = :p",
+               {"p": first.product_id}),
+         ("DELETE FROM images WHERE id = :i", {"i": items[-1].id}))
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Index, "_refresh_listings", staticmethod(disk_full))
+    with pytest.raises(MktIndexError, match="No space left"):
+        sync_index(Dims(), Index.open(d), url, source_options={"photos": photos})
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+    monkeypatch.undo()
+    rep = sync_index(Dims(), Index.open(d), url, source_options={"photos": photos})
+    assert (rep.removed, rep.updated, rep.added) == (1, sum(
+        1 for i in items if i.product_id == first.product_id), 0)
+    idx = Index.open(d)
+    assert items[-1].id not in idx and idx.get(first.id)["title"] == "Changed"

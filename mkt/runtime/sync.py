@@ -23,8 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .batch import DEFAULT_BATCH, PhotoError
-from .indexing import OnError, Progress, _ignore, embed_items, embed_listing_text
+from .indexing import (
+    EmbeddedItems,
+    OnError,
+    Progress,
+    _ignore,
+    embed_items,
+    embed_listing_text,
+)
 
 #: listing metadata that, when it differs, is an update (written without re-embedding);
 #: lat/lon follow the location (a differing place alone, e.g. an index written before they
@@ -133,7 +142,11 @@ def sync_index(
                 update[it.id] = meta
             rep.unchanged += 1
     remove = [i for i in stored if i not in seen]
-    emb = embed_items(model, embed, batch_size=batch_size, on_error=fail, progress=progress)
+    if embed:
+        emb = embed_items(model, embed, batch_size=batch_size, on_error=fail,
+                          progress=progress)
+    else:  # metadata only: the model is not run at all
+        emb = EmbeddedItems([], np.zeros((0, model.embedding_dim), np.float32))
     for it in emb.items:
         if it.id in stored:
             rep.updated += 1
