@@ -7,7 +7,8 @@
 Endpoints (multipart upload, field ``file``; JSON out, same shapes as the CLI's ``--json``):
 
 - ``POST /classify?k=3``  ``{"path", "category", "score", "top": [{"category", "score"}]}``
-- ``POST /similar?k=10``  ``{"path", "results": [{"id", "score", "product_id", ...}]}``
+- ``POST /similar?k=10``  ``{"path", "results": [{"id", "score", "product_id", ...}]}``;
+  ``&near=Leeds&within=30km``: results carry ``location``, ``distance_km`` (also on /search)
 - ``POST /price?k=25``    ``{"path", "price", "low", "high", "neighbours": [...]}``
 - ``GET /health``         model id, labels, index size
 - ``GET /docs``, ``GET /openapi.json``: FastAPI's interactive docs and schema. Swagger UI's
@@ -608,8 +609,13 @@ def create_app(
         request: Request,
         file: UploadFile = File(..., description="The photo (JPEG, PNG, WebP, ...)."),
         k: int = Query(10, ge=1, le=100, description="How many results."),
+        near: str | None = Query(None, min_length=1, max_length=200, description=_NEAR_DOC),
+        within: str | None = Query(None, min_length=1, max_length=40,
+                                   description=_WITHIN_DOC),
     ) -> JSONResponse:
-        return await answer(similar_photos, request, file, indexed=True, k=k)
+        place, within_km = _near(near, within)
+        return await answer(similar_photos, request, file, indexed=True, k=k, near=place,
+                            within_km=within_km)
 
     @app.post("/price", response_model=None,
               responses={**_answer(PriceSuggestion, "Suggested price and range."),
@@ -626,12 +632,19 @@ def create_app(
     ) -> JSONResponse:
         return await answer(suggest_price, request, file, indexed=True, k=k, title=title)
 
-    def run_search(query: str, k: int) -> dict[str, Any]:
-        from .runtime.search import search_text
+    def run_search(query: str, k: int, near: Any = None,
+                   within_km: float | None = None) -> dict[str, Any]:
+        from .runtime.search import search_each, search_text
 
         idx = _Locked(need_index())
         try:
-            (r,) = search_text(idx, ready().model.text_encoder(), [query], k)
+            if near is None:
+                (r,) = search_text(idx, ready().model.text_encoder(), [query], k)
+            else:
+                (r,) = search_each(idx, ready().model.text_encoder(), [query], k, near=near,
+                                   within_km=within_km)
+                if not isinstance(r, TextSearchResult):
+                    raise HTTPException(400, r.error)
         except (BundleError, MktIndexError) as e:  # no text encoder, or an old index
             raise HTTPException(503, str(e)) from None
         except MktError as e:  # an empty query
@@ -647,10 +660,36 @@ def create_app(
         query: str = Body(..., embed=True, min_length=1, max_length=10_000,
                           description="What the buyer types, e.g. \"kids bike\"."),
         k: int = Body(10, embed=True, ge=1, le=100, description="How many listings."),
+        near: str | None = Body(None, embed=True, min_length=1, max_length=200,
+                                description=_NEAR_DOC),
+        within: str | None = Body(None, embed=True, min_length=1, max_length=40,
+                                  description=_WITHIN_DOC),
     ) -> JSONResponse:
-        return JSONResponse(await run_in_threadpool(run_search, query, k))
+        place, within_km = _near(near, within)
+        return JSONResponse(await run_in_threadpool(run_search, query, k, place, within_km))
 
     return app
+
+
+_NEAR_DOC = ('Rank by distance too: "Leeds", "Leeds, West Yorkshire" or "53.80,-1.55"; '
+             "results carry location and distance_km, ordered by score * exp(-km / 50).")
+_WITHIN_DOC = "With near: only listings at most this far, e.g. 30km or 20mi."
+
+
+def _near(near: str | None, within: str | None) -> tuple[Any, float | None]:
+    """``near``/``within`` parsed (:mod:`mkt.runtime.location`); 400 with the one-line
+    reason (an unknown place names the closest known ones)."""
+    if near is None:
+        if within is not None:
+            raise HTTPException(400, "within needs near")
+        return None, None
+    from .runtime.location import parse_near, parse_within
+
+    try:
+        return parse_near(near), parse_within(within)
+    except MktError as e:
+        raise HTTPException(400, str(e).replace("--near", "near").replace("--within", "within")
+                            ) from None
 
 
 DOCS_STATIC = "/docs-static"

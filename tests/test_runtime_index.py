@@ -59,7 +59,7 @@ def test_layout_and_roundtrip(tmp_path):
     con = sqlite3.connect(d / f"meta-{g}.sqlite")
     cols = [r[1] for r in con.execute("PRAGMA table_info(items)")]
     assert cols == ["label", "id", "product_id", "title", "price", "category", "location", "path",
-                    "description", "xrow"]
+                    "description", "xrow", "lat", "lon", "fsig"]
     con.close()
 
     again = Index.open(d, model_id="m1")

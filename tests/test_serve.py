@@ -182,7 +182,8 @@ def test_openapi_and_docs(client):
     assert {"path", "price", "low", "high", "neighbours"} <= fields("/price")
     assert {"status", "model_id", "labels"} <= fields("/health", "get")
     assert set(schemas["SimilarHit"]["properties"]) == {"id", "score", "product_id", "title",
-                                                         "price", "category"}
+                                                         "price", "category", "location",
+                                                         "distance_km"}
     assert {"id", "price", "score"} <= set(schemas["PriceNeighbour"]["properties"])
     assert client.get("/docs").status_code == 200
     assert client.get("/nope").status_code == 404

@@ -12,6 +12,15 @@ from typing import Annotated, Any
 
 import typer
 
+from .dbopts import (
+    CredentialsOpt,
+    ImagesTableOpt,
+    PathColumnOpt,
+    PhotosDirOpt,
+    ProductsTableOpt,
+    SourceArg,
+    source_options,
+)
 from .errors import err_line
 from .options import (
     BatchOpt,
@@ -69,11 +78,7 @@ def _with_progress(run: Any, *args: Any, **kwargs: Any) -> Any:
 
 @command(index_app, "build")
 def index_build_command(
-    source: Annotated[
-        Path,
-        typer.Argument(metavar="SOURCE", help="Dataset folder (Products.csv, Images.csv, "
-                       "images/) or a folder of photos."),
-    ],
+    source: SourceArg,
     out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR",
                                       help="Index directory to write.")],
     bundle: BundleOpt = None,
@@ -88,6 +93,11 @@ def index_build_command(
     threads: ThreadsOpt = None,
     precision: PrecisionOpt = None,
     wait: WaitOpt = None,
+    products_table: ProductsTableOpt = "products",
+    images_table: ImagesTableOpt = "images",
+    photos: PhotosDirOpt = None,
+    path_column: PathColumnOpt = None,
+    credentials: CredentialsOpt = None,
 ) -> None:
     """Embed every photo of SOURCE and write a new index (bad photos reported and skipped)."""
     from ..runtime.errors import MktError
@@ -100,7 +110,9 @@ def index_build_command(
     with _writing(wait):
         rep = _with_progress(build_index, model, source, out, M=m,
                              ef_construction=ef_construction, ef=ef, overwrite=force,
-                             batch_size=batch, command=" ".join(["mkt", *sys.argv[1:]]))
+                             batch_size=batch, command=_command_line(),
+                             source_options=source_options(products_table, images_table,
+                                                           photos, path_column, credentials))
     idx = rep.index
     sys.stderr.write(f"mkt: indexed {idx.count} photos into {out} (model {idx.model_id}, "
                      f"generation {idx.generation}); {len(rep.errors)} skipped\n")
@@ -164,3 +176,51 @@ def index_info_command(index: IndexArg, as_json: JsonOpt = False) -> None:
         emit_json(info)
     else:
         show_kv("index", info, console())
+
+
+def _command_line() -> str:
+    """The command as recorded in the index: database URLs with their password removed."""
+    from ..runtime.dburl import is_db_url, redact
+
+    return " ".join(["mkt", *(redact(a) if is_db_url(a) else a for a in sys.argv[1:])])
+
+
+@command(index_app, "sync")
+def index_sync_command(
+    source: SourceArg,
+    index: Annotated[Path, typer.Option("--index", metavar="DIR", help="Index to update.")],
+    bundle: BundleOpt = None,
+    batch: BatchOpt = 32,
+    threads: ThreadsOpt = None,
+    precision: PrecisionOpt = None,
+    wait: WaitOpt = None,
+    products_table: ProductsTableOpt = "products",
+    images_table: ImagesTableOpt = "images",
+    photos: PhotosDirOpt = None,
+    path_column: PathColumnOpt = None,
+    credentials: CredentialsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Bring an index up to date with SOURCE: new photos embedded and added, deleted ones
+    removed, changed ones updated (only new or changed photo files are embedded again), in
+    one atomic write."""
+    from ..runtime.sync import sync_index
+    from .options import open_index
+
+    model = load_model(bundle, threads, precision)
+    idx = open_index(index, model)
+    idx.wait = wait
+    with _writing(wait):
+        rep = _with_progress(sync_index, model, idx, source, batch_size=batch,
+                             source_options=source_options(products_table, images_table,
+                                                           photos, path_column, credentials))
+    if as_json:
+        emit_json(rep.to_dict())
+    else:
+        sys.stdout.write(
+            f"added {rep.added}, updated {rep.updated} ({rep.reembedded} re-embedded), "
+            f"removed {rep.removed}, unchanged {rep.unchanged}; {len(rep.errors)} failed; "
+            f"index now has {idx.count} photos (generation {idx.generation}), "
+            f"{rep.seconds:.1f} s\n")
+    if rep.errors:
+        raise typer.Exit(1)

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from .errors import warn_line
+from .nearopts import NearOpt, WithinOpt, near_options
 from .options import (
     BatchOpt,
     BundleOpt,
@@ -99,10 +100,13 @@ def similar_command(
     text: Annotated[str | None, typer.Option(
         "--text", metavar="WORDS",
         help='Words too, e.g. --text "in oak": photo and words fused per listing.')] = None,
+    near: NearOpt = None,
+    within: WithinOpt = None,
 ) -> None:
     """Find the indexed photos most similar to each photo (cosine similarity)."""
     from ..runtime.batch import PhotoError, similar_photos
 
+    place, within_km = near_options(near, within)
     model = load_model(bundle, threads, precision)
     idx = open_index(index, model, ef)
     rep = Reporter(as_json)
@@ -114,7 +118,7 @@ def similar_command(
         resolver = PhotoResolver.for_index(idx, photos_root or ())
     results, failures = [], []
     for r in similar_photos(model, idx, photos, k=k, text=text,
-                            names=[str(p) for p in photos]):
+                            names=[str(p) for p in photos], near=place, within_km=within_km):
         if isinstance(r, PhotoError):
             failures.append(r)
             rep.error(r)
@@ -142,12 +146,16 @@ def show_hits(r: Any, con: Any, resolver: Any = None) -> None:
     t.add_column("score", justify="right", style="cyan")
     t.add_column("id", no_wrap=True)
     listing = any(h.category or h.title or h.price is not None for h in r.results)
+    near = any(h.distance_km is not None or h.location for h in r.results)
     if listing:
         t.add_column("category", style="green", no_wrap=True)
         t.add_column("price", justify="right", no_wrap=True)
-        t.add_column("title", overflow="ellipsis", no_wrap=True, max_width=60)
+        t.add_column("title", overflow="ellipsis", no_wrap=True, max_width=40 if near else 60)
     else:
         t.add_column("file", overflow="fold")
+    if near:
+        t.add_column("km", justify="right", no_wrap=True)
+        t.add_column("location", overflow="ellipsis", no_wrap=True, max_width=24)
     hits = getattr(r, "hits", None) or [None] * len(r.results)
     for rank, (h, raw) in enumerate(zip(r.results, hits, strict=False), 1):
         row = [str(rank), f"{h.score:.3f}", esc(h.id)]
@@ -157,6 +165,9 @@ def show_hits(r: Any, con: Any, resolver: Any = None) -> None:
             path = ((raw.meta or {}).get("path") if raw is not None else None) or ""
             local = resolver.resolve(path) if resolver is not None and path else None
             row.append(esc(local or path))
+        if near:
+            row += ["?" if h.distance_km is None else f"{h.distance_km:.0f}",
+                    esc(h.location or "")]
         t.add_row(*row)
     con.print(t)
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from .nearopts import NearOpt, WithinOpt, near_options
 from .options import BundleOpt, IndexOpt, JsonOpt, PhotosRootOpt, ThreadsOpt, command
 from .output import Reporter, console, emit_json, esc, money, write_html
 
@@ -29,6 +30,8 @@ def search_command(
         "--html", metavar="FILE", help="Also write an HTML page with a thumbnail a listing.")
     ] = None,
     photos_root: PhotosRootOpt = None,
+    near: NearOpt = None,
+    within: WithinOpt = None,
 ) -> None:
     """Search listings by words: title and description words (BM25), meaning (the text
     encoder) and photos (the image model's text head), fused by reciprocal rank."""
@@ -38,12 +41,13 @@ def search_command(
     from ..runtime.text import TextEncoder
     from .errors import warn_line
 
+    place, within_km = near_options(near, within)
     b = load_bundle(bundle)
     idx = Index.open(index, model_id=b.model_id)
     encoder = TextEncoder.from_bundle(b, threads=threads)
     rep = Reporter(as_json)
     results, failures, truncated = [], [], False
-    for r in search_each(idx, encoder, queries, k):
+    for r in search_each(idx, encoder, queries, k, near=place, within_km=within_km):
         if isinstance(r, QueryError):
             failures.append(r)
             rep.error(_Failure(r.query, r.error, r.to_dict()))
@@ -88,9 +92,17 @@ def _show(r: Any) -> None:
     t.add_column("category", style="green", no_wrap=True)
     t.add_column("price", justify="right", no_wrap=True)
     t.add_column("title", overflow="ellipsis", no_wrap=True, max_width=60)
+    near = any(h.distance_km is not None or h.location for h in r.results)
+    if near:
+        t.add_column("km", justify="right", no_wrap=True)
+        t.add_column("location", overflow="ellipsis", no_wrap=True, max_width=24)
     for i, h in enumerate(r.results, 1):
-        t.add_row(str(i), f"{h.score:.4f}", esc(h.category or ""), money(h.price),
-                  esc(h.title or h.id))
+        row = [str(i), f"{h.score:.4f}", esc(h.category or ""), money(h.price),
+               esc(h.title or h.id)]
+        if near:
+            row += ["?" if h.distance_km is None else f"{h.distance_km:.0f}",
+                    esc(h.location or "")]
+        t.add_row(*row)
     console().print(t)
     sys.stdout.flush()
 

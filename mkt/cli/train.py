@@ -14,6 +14,7 @@ from pathlib import Path
 
 import typer
 
+from .dbopts import CredentialsOpt, ImagesTableOpt, PhotosDirOpt, ProductsTableOpt
 from .errors import fail as _fail
 from .errors import require_extra
 from .options import command, new_app
@@ -45,18 +46,29 @@ def _command_line(prefix: str) -> str:
 
 @command(data_app, "clean")
 def data_clean(
-    src: Path = typer.Option(..., help="Folder with Products.csv, Images.csv and images/."),
+    src: str = typer.Option(..., help="Folder with Products.csv, Images.csv and images/, or "
+                            "a database URL (tables products, images; needs --photos)."),
     out: Path = typer.Option(..., help="Output folder for the cleaned data."),
     check_photos: bool = typer.Option(True, help="Decode-check every photo (slower)."),
+    products_table: ProductsTableOpt = "products",
+    images_table: ImagesTableOpt = "images",
+    photos: PhotosDirOpt = None,
+    credentials: CredentialsOpt = None,
 ) -> None:
     """Clean listings into a typed table; report every dropped row by reason."""
     _need_train_extra("data clean")
+    from mkt.runtime.dburl import is_db_url
     from mkt.training.clean import clean
 
-    for name in ("Products.csv", "Images.csv"):
-        if not (src / name).is_file():
-            _fail(f"{src}: no {name} (expected the marketplace dataset folder)")
-    report = clean(src, out, check_photos=check_photos).to_dict()
+    db = {}
+    if is_db_url(src):
+        db = {"products_table": products_table, "images_table": images_table,
+              "photos": photos, "credentials": credentials}
+    else:
+        for name in ("Products.csv", "Images.csv"):
+            if not (Path(src) / name).is_file():
+                _fail(f"{src}: no {name} (expected the marketplace dataset folder)")
+    report = clean(src, out, check_photos=check_photos, **db).to_dict()
     report.pop("bad_photos", None)
     typer.echo(json.dumps(report, indent=2))
     typer.echo(f"wrote {out}/listings.parquet, photos.parquet, labels.json, clean_report.json")

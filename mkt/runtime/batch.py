@@ -150,6 +150,10 @@ class SimilarHit:
     title: str | None = None
     price: float | None = None
     category: str | None = None
+    #: set by ``--near`` (:func:`mkt.runtime.location.rank_by_distance`): the listing's
+    #: location text and its distance in km from the ``--near`` point
+    location: str | None = None
+    distance_km: float | None = None
 
     @classmethod
     def from_hit(cls, hit: Any) -> SimilarHit:
@@ -160,7 +164,7 @@ class SimilarHit:
     def to_dict(self) -> dict[str, Any]:
         """``{"id", "score", ...}``; metadata keys only when not null."""
         d: dict[str, Any] = {"id": self.id, "score": round(float(self.score), 6)}
-        for k in ("product_id", "title", "price", "category"):
+        for k in ("product_id", "title", "price", "category", "location", "distance_km"):
             v = getattr(self, k)
             if v is not None:
                 d[k] = v
@@ -253,11 +257,15 @@ def similar_photos(
     text: str | None = None,
     batch_size: int = DEFAULT_BATCH,
     names: Sequence[str] | None = None,
+    near: Any = None,
+    within_km: float | None = None,
 ) -> Iterator[SimilarResult | PhotoError]:
     """A :class:`SimilarResult` (the ``k`` nearest indexed photos) or a :class:`PhotoError`
     per photo, in input order. ``text``: words too ("in oak"): the photo's nearest listings
     and the words' own ranking are fused per listing by reciprocal rank
-    (:func:`mkt.runtime.search.similar_with_text`); one result a listing."""
+    (:func:`mkt.runtime.search.similar_with_text`); one result a listing. ``near`` (a
+    :class:`~mkt.runtime.location.Place`) / ``within_km``: ranked and filtered by distance
+    (:func:`mkt.runtime.location.rank_by_distance`)."""
     encoder = None
     if text is not None:
         from .text import check_text
@@ -267,12 +275,19 @@ def similar_photos(
     depth = k if text is None else max(100, 5 * k)
     for batch, vecs in embed_batches(model, photos, batch_size, names=names):
         found = iter(index.search(vecs, depth) if len(vecs) else [])
+        rows = iter(vecs)
         for it in batch.items:
             if not it.ok:
                 yield it.failure()
                 continue
             hits = next(found)
+            vec = next(rows)
             far = _far(model, hits)
+            if near is not None:
+                r = _near_result(index, encoder, it.name, vec, text, k, near, within_km)
+                r.uncertain = far
+                yield r
+                continue
             if encoder is None:
                 r = SimilarResult.from_hits(it.name, hits)
                 r.uncertain = far
@@ -286,6 +301,35 @@ def similar_photos(
             r = SimilarResult(it.name, list(fused.results), uncertain=far)
             r.hits = [Hit(h.id, h.score, -1, dict(meta.get(h.id) or {})) for h in fused.results]
             yield r
+
+
+def _near_result(index: Any, encoder: Any, name: str, vec: Any, text: str | None, k: int,
+                 near: Any, within_km: float | None) -> SimilarResult:
+    """``similar --near``: candidates by photo (and words), re-ranked by distance."""
+    from .location import rank_by_distance
+
+    def fetch(n: int) -> list[Any]:
+        hits = index.search(vec[None], n)[0]
+        if encoder is None:
+            return hits
+        from .search import similar_with_text
+
+        return list(similar_with_text(index, encoder, index.search(vec[None], max(100, n))[0],
+                                      text or "", n).results)
+
+    ranked = rank_by_distance(index, fetch, near, k, within_km=within_km)
+    if encoder is None:
+        r = SimilarResult.from_hits(name, [x.hit for x in ranked])
+    else:
+        from .index import Hit
+
+        meta = index.photos_meta([x.hit.id for x in ranked])
+        r = SimilarResult(name, [x.hit for x in ranked])
+        r.hits = [Hit(x.hit.id, x.hit.score, -1, dict(meta.get(x.hit.id) or {}))
+                  for x in ranked]
+    for h, x in zip(r.results, ranked, strict=True):
+        h.location, h.distance_km = x.location, x.distance_km
+    return r
 
 
 __all__ = [

@@ -15,7 +15,7 @@ import csv
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,9 @@ class PhotoItem:
     location: str | None = None
     description: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: the listing's place (:func:`mkt.runtime.location.place` of ``location``), when known
+    lat: float | None = None
+    lon: float | None = None
 
     def meta(self, root: Path | None = None) -> dict[str, Any]:
         """Row for the index's ``items`` table; ``path`` relative to ``root`` if inside it."""
@@ -60,7 +63,20 @@ class PhotoItem:
             "location": self.location,
             "description": self.description,
             "path": p.as_posix(),
+            "lat": self.lat,
+            "lon": self.lon,
+            "fsig": file_signature(self.path),
         }
+
+
+def file_signature(path: str | os.PathLike) -> str | None:
+    """``"<size>:<mtime_ns>"`` of a photo file (None if missing): how ``mkt index sync``
+    tells a changed photo from an unchanged one without reading every file again."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def clean_title(name: str) -> str:
@@ -205,10 +221,55 @@ def iter_source(source: str | os.PathLike) -> list[PhotoItem]:
     return items
 
 
+def with_places(items: Iterable[PhotoItem]) -> Iterator[PhotoItem]:
+    """The items with ``lat``/``lon`` from their ``location`` (the packaged gazetteer)."""
+    from .location import place
+
+    for it in items:
+        if it.location and it.lat is None:
+            got = place(it.location)
+            if got is not None:
+                it.lat, it.lon = got[0], got[1]
+        yield it
+
+
+def open_source(
+    source: str | os.PathLike,
+    *,
+    products_table: str = "products",
+    images_table: str = "images",
+    photos: str | os.PathLike | None = None,
+    path_column: str | None = None,
+    credentials: str | os.PathLike | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> Iterable[PhotoItem]:
+    """The one entry point for "photos to index or embed": a database URL (SQLAlchemy:
+    ``postgresql+psycopg://user@host/db``, ``sqlite:///listings.db``, MySQL/MariaDB; read
+    by :mod:`mkt.runtime.sql_source`, streamed), a dataset folder, a plain folder or a photo.
+    Every item carries its place (``lat``/``lon``). The table/photo options only apply to a
+    database; ``on_warning`` gets one line per row kept with a problem (a NULL or garbage
+    price), default: logged (``logging`` ``mkt``)."""
+    from .dburl import is_db_url
+
+    if is_db_url(source):
+        from .sql_source import iter_sql
+
+        items: Iterable[PhotoItem] = iter_sql(
+            str(source), products_table=products_table, images_table=images_table,
+            photos=photos, path_column=path_column, credentials=credentials,
+            on_warning=on_warning)
+    else:
+        items = iter_source(source)
+    return with_places(items)
+
+
 __all__ = [
     "MAX_VALID_PRICE",
     "PhotoItem",
     "clean_title",
+    "file_signature",
+    "open_source",
+    "with_places",
     "is_dataset_dir",
     "iter_dataset",
     "iter_folder",

@@ -87,6 +87,9 @@ MAX_JSON_DEPTH = 16  # nesting of index.json ({"text": {...}} is 2)
 _RANGES = {"dim": (1, 16384), "M": (2, 2048), "ef_construction": (1, 100_000),
            "ef": (1, 100_000), "count": (0, 2**31 - 1), "generation": (0, 2**53)}
 _TEXT_DIM_RANGE = (1, 4096)
+#: optional items columns: the listing's place (mkt.runtime.location) and the photo file's
+#: signature (mkt index sync); absent in indexes written before them
+_GEO_COLS = (("lat", "REAL"), ("lon", "REAL"), ("fsig", "TEXT"))
 _TEXT_COUNTS = ("listings", "listing_vectors", "photo_text_vectors")
 _OPEN_TRIES = 20  # a reader starts again at most this often when a writer swaps under it
 _GEN_RE = re.compile(r"^(vectors|meta|ltext|xmodal)-(\d+)\.(hnsw|sqlite|npy)(\.tmp)?$")
@@ -137,6 +140,9 @@ def _ensure_schema2(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE items ADD COLUMN description TEXT")
     if "xrow" not in cols:
         conn.execute("ALTER TABLE items ADD COLUMN xrow INTEGER")
+    for c, typ in _GEO_COLS:  # nullable, added by the next write: older indexes still open
+        if c not in cols:
+            conn.execute(f"ALTER TABLE items ADD COLUMN {c} {typ}")
     conn.executescript(_SCHEMA2)
 
 
@@ -568,6 +574,20 @@ def _clean_meta(row: Mapping[str, Any] | None) -> dict[str, Any]:
         else:
             out[k] = str(v)
     return out
+
+
+def _geo_meta(row: Mapping[str, Any] | None) -> tuple[Any, Any, Any]:
+    """``(lat, lon, fsig)`` of a metadata row: finite in-range coordinates or None."""
+    row = row or {}
+    lat, lon = row.get("lat"), row.get("lon")
+    try:
+        lat, lon = float(lat), float(lon)  # type: ignore[arg-type]
+        ok = math.isfinite(lat) and math.isfinite(lon) and abs(lat) <= 90 and abs(lon) <= 180
+    except (TypeError, ValueError):
+        ok = False
+    sig = row.get("fsig")
+    return (lat, lon, None if sig is None else str(sig)[:64]) if ok else \
+        (None, None, None if sig is None else str(sig)[:64])
 
 
 @dataclass
@@ -1038,6 +1058,73 @@ class Index:
                 out[r[0]] = dict(zip(META_FIELDS, r[1:], strict=True))
         return out
 
+    def _has_cols(self, *cols: str) -> bool:
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(items)")}
+        return all(c in have for c in cols)
+
+    def places(self, photo_ids: Sequence[str]) -> dict[str, tuple[Any, Any, Any]]:
+        """``{photo id: (location, lat, lon)}``; lat/lon None where not stored (an index
+        written before they were: :func:`mkt.runtime.location.coords_of` places the text)."""
+        geo = self._has_cols("lat", "lon")
+        cols = "location, lat, lon" if geo else "location, NULL, NULL"
+        out: dict[str, tuple[Any, Any, Any]] = {}
+        ids = list(dict.fromkeys(str(p) for p in photo_ids))
+        for s in range(0, len(ids), 500):
+            chunk = ids[s: s + 500]
+            ph = ",".join("?" * len(chunk))
+            for r in self._db.execute(f"SELECT id, {cols} FROM items WHERE id IN ({ph})",
+                                      chunk):
+                out[r[0]] = (r[1], r[2], r[3])
+        return out
+
+    def sync_state(self) -> dict[str, dict[str, Any]]:
+        """``{photo id: stored metadata}`` (ITEM_FIELDS + lat, lon, fsig; None where the
+        index has no such column), what ``mkt index sync`` compares the source with."""
+        extra = [c for c, _ in _GEO_COLS]
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(items)")}
+        fields = [c for c in ITEM_FIELDS + tuple(extra) if c in have]
+        out = {}
+        for r in self._db.execute(f"SELECT id, {', '.join(fields)} FROM items"):
+            d = {c: None for c in ITEM_FIELDS + tuple(extra)}
+            d.update(zip(fields, r[1:], strict=True))
+            out[r[0]] = d
+        return out
+
+    def sync(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        meta: Sequence[Mapping[str, Any] | None] | None = None,
+        *,
+        text_vectors: np.ndarray | None = None,
+        update: Mapping[str, Mapping[str, Any]] | None = None,
+        remove: Iterable[str] = (),
+    ) -> bool:
+        """One generation with three kinds of change: add/replace ``ids`` (as :meth:`add`),
+        ``update`` metadata of photos in place (their vectors kept: nothing re-embedded),
+        and ``remove`` photos. Ids no longer present when the write happens are skipped.
+        Returns False when there was nothing to write."""
+        add = self._add_change(ids, vectors, meta, text_vectors)
+        upd = {str(k): (_clean_meta(v), _geo_meta(v)) for k, v in (update or {}).items()}
+        rem = list(dict.fromkeys(str(i) for i in remove))
+        if not (len(ids) or upd or rem):
+            return False
+        cols = ", ".join(f"{k}=?" for k in ITEM_FIELDS + ("lat", "lon", "fsig"))
+
+        def change(conn: sqlite3.Connection, st: _Vecs) -> None:
+            for i in rem:
+                r = conn.execute("SELECT label FROM items WHERE id=?", (i,)).fetchone()
+                if r is not None:
+                    self._hnsw.mark_deleted(int(r[0]))
+                    conn.execute("DELETE FROM items WHERE label=?", (int(r[0]),))
+            conn.executemany(f"UPDATE items SET {cols} WHERE id=?",
+                             [(*(m[k] for k in ITEM_FIELDS), *g, i)
+                              for i, (m, g) in upd.items()])
+            add(conn, st)
+
+        self._commit(change)
+        return True
+
     # -- mutation -------------------------------------------------------------------------
     def add(
         self,
@@ -1096,6 +1183,7 @@ class Index:
         else:
             has = np.zeros(len(ids), bool)
         rows = [_clean_meta(meta[i] if meta is not None else None) for i in range(len(ids))]
+        geo = [_geo_meta(meta[i] if meta is not None else None) for i in range(len(ids))]
 
         def change(conn: sqlite3.Connection, st: _Vecs) -> None:
             if not ids:
@@ -1125,10 +1213,10 @@ class Index:
                     xrows[int(si)] = base + j
             conn.executemany(
                 "INSERT INTO items (label, id, product_id, title, price, category, location, "
-                "path, description, xrow) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "path, description, xrow, lat, lon, fsig) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
-                    (int(lab), i, *(r[k] for k in ITEM_FIELDS), xr)
-                    for lab, i, r, xr in zip(labels, ids, rows, xrows, strict=True)
+                    (int(lab), i, *(r[k] for k in ITEM_FIELDS), xr, *g)
+                    for lab, i, r, xr, g in zip(labels, ids, rows, xrows, geo, strict=True)
                 ],
             )
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,8 +108,15 @@ def embed_listing_text(model: Any, index: Any, *, batch_size: int = DEFAULT_BATC
                           batch_size=batch_size)
 
 
-def source_root(source: str | os.PathLike) -> Path:
-    """The folder item paths are recorded relative to: the source, or a photo's folder."""
+def source_root(source: str | os.PathLike,
+                options: Mapping[str, Any] | None = None) -> Path | None:
+    """The folder item paths are recorded relative to: the source, or a photo's folder; for
+    a database, its ``photos`` folder (None: paths as the database gives them)."""
+    from .dburl import is_db_url
+
+    if is_db_url(source):
+        photos = (options or {}).get("photos")
+        return Path(photos) if photos else None
     s = Path(source)
     return s if s.is_dir() else s.parent
 
@@ -127,6 +134,7 @@ def build_index(
     command: str | None = None,
     on_error: OnError = _ignore,
     progress: Progress = _ignore,
+    source_options: Mapping[str, Any] | None = None,
 ) -> IndexReport:
     """Embed every photo of ``source`` and write a new index at ``out``.
 
@@ -134,20 +142,22 @@ def build_index(
     ``source`` has no photos. ``command``: recorded in the index's provenance with the
     source (which :class:`~mkt.runtime.html.PhotoResolver` uses to find the photos again).
     """
-    from .catalogue import iter_source
+    from .catalogue import open_source
+    from .dburl import is_db_url, redact
     from .index import INDEX_JSON, Index, check_index_writable
 
     out = Path(out)
     if (out / INDEX_JSON).exists() and not overwrite:
         raise MktError(f"{out}: an index already exists (use --force, or `mkt index add`)")
     check_index_writable(out)  # before minutes of embedding, not after
-    items = iter_source(source)
+    items = list(open_source(source, **(source_options or {})))  # database: streamed
+    shown = redact(str(source)) if is_db_url(source) else str(source)
     if not items:
-        raise MktError(f"{source}: no photos found")
-    root = source_root(source)
+        raise MktError(f"{shown}: no photos found")
+    root = source_root(source, source_options)
     emb = embed_items(model, items, batch_size=batch_size, on_error=on_error,
                       progress=progress)
-    provenance = {"source": str(source),
+    provenance = {"source": shown,
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "photos": len(items), "skipped": len(emb.errors)}
     if command:
@@ -175,7 +185,7 @@ def add_to_index(
     """Add the photos of ``sources`` to ``index`` (an open
     :class:`~mkt.runtime.index.Index`; id = file stem, an existing id is replaced). A source
     that cannot be read or has no photos is a failure; the other sources are still added."""
-    from .catalogue import iter_source
+    from .catalogue import open_source
 
     errors: list[PhotoError] = []
 
@@ -187,7 +197,7 @@ def add_to_index(
     roots: dict[int, Path] = {}
     for s in sources:
         try:
-            got = iter_source(s)
+            got = list(open_source(s))
         except CatalogueError as e:
             fail(PhotoError(str(s), str(e)))
             continue

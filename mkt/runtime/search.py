@@ -280,10 +280,15 @@ def search_each(
     queries: Sequence[str],
     k: int = 10,
     weights: Mapping[str, float] | None = None,
+    *,
+    near: Any = None,
+    within_km: float | None = None,
 ) -> Iterator[TextSearchResult | QueryError]:
     """One answer per query, in order: a :class:`TextSearchResult`, or a :class:`QueryError`
     for a query that cannot be searched, so one bad query does not stop the others.
-    An index without text (built before text search) raises :class:`MktIndexError`."""
+    An index without text (built before text search) raises :class:`MktIndexError`.
+    ``near`` (a :class:`~mkt.runtime.location.Place`) / ``within_km``: ranked and filtered by
+    distance (:func:`mkt.runtime.location.rank_by_distance`)."""
     available_paths(index)  # an old index is refused once, before any query
     for q in queries:
         try:
@@ -291,7 +296,29 @@ def search_each(
         except MktError as e:
             yield QueryError(str(q), str(e))
             continue
-        yield search_text(index, encoder, [q], k, weights)[0]
+        if near is None:
+            yield search_text(index, encoder, [q], k, weights)[0]
+        else:
+            yield _search_near(index, encoder, q, k, weights, near, within_km)
+
+
+def _search_near(index: Index, encoder: TextEncoder, q: str, k: int,
+                 weights: Mapping[str, float] | None, near: Any,
+                 within_km: float | None) -> TextSearchResult:
+    from .location import rank_by_distance
+
+    last: list[TextSearchResult] = []
+
+    def fetch(n: int) -> list[ListingHit]:
+        last[:] = search_text(index, encoder, [q], n, weights, depth=max(100, n))
+        return last[0].results
+
+    ranked = rank_by_distance(index, fetch, near, k, within_km=within_km)
+    res = last[0]
+    for x in ranked:
+        x.hit.location, x.hit.distance_km = x.location, x.distance_km
+    res.results = [x.hit for x in ranked]
+    return res
 
 
 def similar_with_text(

@@ -13,12 +13,14 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from mkt.runtime.catalogue import clean_title as strip_title
 from mkt.runtime.catalogue import parse_price as _parse_price
 from mkt.runtime.catalogue import root_category, split_location
+from mkt.runtime.location import place
 
 HAS_LETTER = re.compile(r"[A-Za-z]")
 
@@ -105,6 +107,7 @@ def clean_listings(products: pd.DataFrame) -> tuple[pd.DataFrame, Counter]:
             continue
         seen.add(pid)
         town, county = split_location(loc)
+        where = place(loc)
         rows.append(
             {
                 "product_id": pid,
@@ -116,6 +119,8 @@ def clean_listings(products: pd.DataFrame) -> tuple[pd.DataFrame, Counter]:
                 "location": loc,
                 "town": town,
                 "county": county,
+                "lat": None if where is None else where[0],
+                "lon": None if where is None else where[1],
             }
         )
     return pd.DataFrame(rows), drops
@@ -134,17 +139,49 @@ def _photo_problem(path: Path) -> str | None:
     return None
 
 
-def clean(src: Path, out: Path, check_photos: bool = True) -> CleanReport:
-    """Clean ``src`` (Products.csv, Images.csv, images/) into ``out``; returns the report."""
-    src, out = Path(src), Path(out)
+def _read_db(url: str, opts: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Products and images tables of a database URL as the CSVs' string frames (streamed
+    reads, :mod:`mkt.runtime.sql_source`)."""
+    from mkt.runtime.sql_source import read_images_sql, read_products_sql
+
+    cred = opts.get("credentials")
+    products = pd.DataFrame(list(read_products_sql(
+        url, products_table=opts.get("products_table", "products"), credentials=cred)))
+    images = pd.DataFrame(list(read_images_sql(
+        url, images_table=opts.get("images_table", "images"), credentials=cred)),
+        columns=["id", "product_id"])
+    return products, images
+
+
+def clean(src: Path | str, out: Path, check_photos: bool = True,
+          **db_options: Any) -> CleanReport:
+    """Clean ``src`` (Products.csv, Images.csv, images/; or a database URL with tables
+    ``products``/``images`` and ``photos=DIR``, see :func:`mkt.runtime.catalogue.open_source`)
+    into ``out``; returns the report."""
+    from mkt.runtime.dburl import is_db_url, redact
+
+    out = Path(out)
+    db = is_db_url(src)
+    if db:
+        if not db_options.get("photos"):
+            from mkt.runtime.dburl import DatabaseError
+
+            raise DatabaseError(f"{redact(str(src))}: say where the photos are: --photos DIR")
+        products, images = _read_db(str(src), db_options)
+        img_dir = Path(db_options["photos"])
+        source = {"src": redact(str(src)), "photos": str(img_dir.resolve())}
+    else:
+        src = Path(src)
+        products = read_products(src / "Products.csv")
+        images = read_images(src / "Images.csv")
+        img_dir = src / "images"
+        source = {"src": str(src.resolve())}
     out.mkdir(parents=True, exist_ok=True)
     report = CleanReport()
-    products = read_products(src / "Products.csv")
     report.listings_in = len(products)
     listings, drops = clean_listings(products)
     report.listings_dropped = dict(drops)
 
-    images = read_images(src / "Images.csv")
     report.photos_in = len(images)
     kept_ids = set(listings["product_id"]) if len(listings) else set()
     category_of = (dict(zip(listings["product_id"], listings["category"], strict=True))
@@ -156,7 +193,7 @@ def clean(src: Path, out: Path, check_photos: bool = True) -> CleanReport:
         if pid not in kept_ids:
             pdrops["listing_dropped_or_unknown"] += 1
             continue
-        path = src / "images" / f"{photo_id}.jpg"
+        path = img_dir / f"{photo_id}.jpg"
         if check_photos:
             problem = _photo_problem(path)
         else:
@@ -184,7 +221,7 @@ def clean(src: Path, out: Path, check_photos: bool = True) -> CleanReport:
     photos.to_parquet(out / "photos.parquet", index=False)
     (out / "labels.json").write_text(json.dumps({"labels": labels}, indent=2, ensure_ascii=False))
     (out / "clean_report.json").write_text(json.dumps(report.to_dict(), indent=2))
-    (out / "source.json").write_text(json.dumps({"src": str(src.resolve())}, indent=2))
+    (out / "source.json").write_text(json.dumps(source, indent=2))
     return report
 
 
