@@ -206,11 +206,13 @@ def classify_photos(
     title: str | None = None,
     batch_size: int = DEFAULT_BATCH,
     names: Sequence[str] | None = None,
+    votes: Any = None,
 ) -> Iterator[Any]:
     """A :class:`~mkt.runtime.model.Prediction` or a :class:`PhotoError` per photo, in input
     order. ``listing``: the good photos are one listing; after their errors, one prediction
     from the mean of their logits (none when no photo could be read). ``title``: the
-    seller's title joins the photos (:meth:`~mkt.runtime.model.Model.classify_with_title`)."""
+    seller's title joins the photos (:meth:`~mkt.runtime.model.Model.classify_with_title`).
+    ``votes``: catalogue neighbours vote too (:class:`~mkt.runtime.votes.NeighbourVotes`)."""
     pooled: list[BatchItem] = []
     for batch in iter_batches(photos, model, batch_size, names=names):
         yield from (it.failure() for it in batch.bad) if listing else ()
@@ -219,13 +221,13 @@ def classify_photos(
             pooled += good
             continue
         preds = iter(model.classify_arrays(batch.arrays(), [it.name for it in good], k=k,
-                                           title=title) if good else [])
+                                           title=title, votes=votes) if good else [])
         for it in batch.items:
             yield next(preds) if it.ok else it.failure()
     if listing and pooled:
         arr = np.stack([it.array for it in pooled if it.array is not None])
         yield model.classify_arrays(arr, [it.name for it in pooled], k=k, listing=True,
-                                    title=title)[0]
+                                    title=title, votes=votes)[0]
 
 
 def embed_batches(

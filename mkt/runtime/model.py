@@ -19,7 +19,7 @@ import numpy as np
 
 from .bundle import Bundle, load_bundle
 from .calibration import Calibration
-from .errors import BundleError
+from .errors import BundleError, MktError
 from .images import ImageSource
 from .session import cpu_session, default_threads
 
@@ -214,7 +214,10 @@ class Model:
 
     def top_k(self, logits: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
         """Calibrated softmax of each row and the ``k`` best ``(label, probability)`` pairs."""
-        probs = self.probabilities(logits)
+        return self.top_of(self.probabilities(logits), k)
+
+    def top_of(self, probs: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
+        """The ``k`` best ``(label, probability)`` pairs of each row of probabilities."""
         k = max(1, min(int(k), probs.shape[1]))
         out = []
         for row in probs:
@@ -230,13 +233,19 @@ class Model:
         k: int = 3,
         listing: bool = False,
         title: str | None = None,
+        votes: Any = None,
     ) -> list[Prediction]:
         """Classify already-letterboxed photos. ``listing``: one prediction for all photos
         (mean of the logits, then softmax), as if they were the photos of one listing.
         ``title``: the seller's title too, through the bundle's learned photo + title fusion
-        (see :meth:`classify_with_title`)."""
+        (see :meth:`classify_with_title`). ``votes``: a
+        :class:`~mkt.runtime.votes.NeighbourVotes` whose catalogue neighbours join the
+        answer; ``uncertain`` still comes from the classifier's own calibrated scores."""
         logits, emb = self.predict(batch)
         names = list(names) if names is not None else [str(i) for i in range(len(logits))]
+        if title is not None and votes is not None:
+            raise MktError("neighbour votes and a title cannot be combined (the title fusion "
+                           "was fitted on photo scores alone)")
         if title is not None:
             return self.classify_with_title(batch, logits, emb, names, title, k=k,
                                             listing=listing)
@@ -244,17 +253,22 @@ class Model:
             if len(logits) == 0:
                 return []
             mean = logits.mean(axis=0, keepdims=True)
-            top = self.top_k(mean, k)[0]
-            # the listing is uncertain when its averaged answer is, or when no photo is sure
-            each = self.calibration.flags(self.probabilities(logits), emb, batch)
             centre = emb.mean(0, keepdims=True)
             centre /= max(float(np.linalg.norm(centre)), 1e-12)
+            probs = self.probabilities(mean)
+            if votes is not None:
+                probs = votes.fuse(probs, votes.distribution(centre))
+            top = self.top_of(probs, k)[0]
+            # the listing is uncertain when its averaged answer is, or when no photo is sure
+            each = self.calibration.flags(self.probabilities(logits), emb, batch)
             whole = self.calibration.flags(self.probabilities(mean), centre, None)
             return [Prediction(names[0], top[0][0], top[0][1], top, paths=names,
                                uncertain=bool(whole[0] or each.all()))]
-        flags = self.calibration.flags(self.probabilities(logits), emb, batch)
+        own = self.probabilities(logits)
+        flags = self.calibration.flags(own, emb, batch)
+        probs = own if votes is None else votes.fuse(own, votes.distribution(emb))
         return [Prediction(name, top[0][0], top[0][1], top, uncertain=bool(f))
-                for name, top, f in zip(names, self.top_k(logits, k), flags, strict=True)]
+                for name, top, f in zip(names, self.top_of(probs, k), flags, strict=True)]
 
     def text_encoder(self) -> Any:
         """The bundle's text encoder (loaded once); :class:`BundleError` if it has none."""
