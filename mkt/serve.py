@@ -598,8 +598,19 @@ def create_app(
         title: str | None = Form(None, min_length=1, max_length=10_000,
                                  description="The seller's title: the category from photo "
                                              "and title together."),
+        votes: bool = Query(False, description="The categories of the 25 nearest catalogue "
+                                               "photos vote too (needs the index; not with "
+                                               "a title)."),
     ) -> JSONResponse:
-        return await answer(classify_photos, request, file, k=k, title=title)
+        if not votes:
+            return await answer(classify_photos, request, file, k=k, title=title)
+
+        def voted(model: Any, idx: Any, photos: Any, **kw: Any) -> Any:
+            from .runtime.votes import NeighbourVotes
+
+            return classify_photos(model, photos, votes=NeighbourVotes(idx, model.labels), **kw)
+
+        return await answer(voted, request, file, indexed=True, k=k, title=title)
 
     @app.post("/similar", response_model=None,
               responses={**_answer(SimilarResult, "Most similar photos, best first."),

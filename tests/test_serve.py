@@ -312,3 +312,19 @@ def test_rate_limited_log():
     f = RateLimitFilter(per_second=5)
     rec = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, "x", None, None)
     assert sum(f.filter(rec) for _ in range(1000)) <= 10  # <= 5 a second (a 2-s window)
+
+
+def test_classify_with_votes(client, photo):
+    """votes=true: the catalogue's categories join the answer (the photo is in the fixture
+    index, so its listing's category gains); with a title: 400."""
+    cat = client.post("/similar", params={"k": 1}, files=up(photo)).json()["results"][0][
+        "category"]
+    plain = client.post("/classify?k=13", files=up(photo)).json()
+    voted = client.post("/classify?k=13&votes=true", files=up(photo))
+    assert voted.status_code == 200, voted.text
+    s = {d["category"]: d["score"] for d in plain["top"]}
+    sv = {d["category"]: d["score"] for d in voted.json()["top"]}
+    assert sv[cat] > s[cat] or s[cat] > 0.999
+    assert sv != s
+    r = client.post("/classify?votes=true", files=up(photo), data={"title": "a sofa"})
+    assert r.status_code == 400 and "cannot be combined" in r.text

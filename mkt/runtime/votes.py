@@ -43,7 +43,7 @@ class NeighbourVotes:
     beta: float = VOTE_BETA
 
     def __post_init__(self) -> None:
-        if len(self.index) == 0:
+        if self.index.count == 0:
             raise MktIndexError(f"{self.index.path}: an empty index cannot vote")
         self._col = {c: i for i, c in enumerate(self.labels)}
 
