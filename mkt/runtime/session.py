@@ -3,15 +3,31 @@
 Same options everywhere (full graph optimisation, sequential execution, intra-op threads as
 asked, one inter-op thread) and onnxruntime's own logging kept off stderr, so a model that
 fails to load gives mkt's one-line error, not a coloured log line and a C++ message.
+
+Why an optimised-model cache: onnxruntime spends most of a session's creation (70-100 ms of a
+CLI call for the int8 model, more for the text encoder) fusing the QDQ graph into its int8
+kernels. That work depends only on the model bytes, the onnxruntime version and the CPU, so
+the first session on a machine saves the optimised graph under ``$MKT_CACHE_DIR/ort``
+(default ``~/.cache/mkt/ort``) and later ones load it with optimisation off (15-30 ms): the
+same kernels, identical outputs (``tests/test_session_cache.py``). The file is keyed by the
+source model's sha256, onnxruntime's version and the CPU's model and instruction sets (the
+optimised graph may use CPU-specific layouts), and it is only used while its own sha256
+matches the one recorded when it was written. ``MKT_ORT_CACHE=0`` turns it off; a cache
+that cannot be written or loaded never fails a call (the model is then optimised in memory).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from .errors import BundleError
+
+#: Bumped when what is cached changes meaning.
+_CACHE_FORMAT = 1
 
 
 def default_threads() -> int:
@@ -22,24 +38,106 @@ def default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def cpu_session(path: str | os.PathLike, threads: int | None = None, *,
-                error: type[BundleError] = BundleError, what: str = "model") -> Any:
-    """An ``onnxruntime.InferenceSession`` on the CPU; ``error`` (one line) if it cannot load."""
-    import onnxruntime as ort  # heavy: imported when a session is actually opened
+def ort_cache_enabled() -> bool:
+    return os.environ.get("MKT_ORT_CACHE", "1").strip().lower() not in ("0", "no", "off")
 
-    ort.set_default_logger_severity(4)  # fatal only: failures reach the user as MktError
+
+def _options(ort: Any, threads: int | None, level: Any) -> Any:
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = level
     so.intra_op_num_threads = int(threads or default_threads())
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 4
+    return so
+
+
+def _cache_paths(ort: Any, src: Path) -> tuple[Path, Path]:
+    """(optimised model, its record) in the cache for ``src`` on this CPU and onnxruntime."""
+    from .hashcache import cache_dir, sha256_cached
+    from .precision import cpu_features
+
+    cpu = cpu_features()
+    ident = {"format": _CACHE_FORMAT, "model": sha256_cached(src), "onnxruntime": ort.__version__,
+             "cpu": cpu["model"], "flags": cpu["flags"], "machine": cpu["machine"]}
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+    d = cache_dir() / "ort"
+    return d / f"{src.stem}-{key}.onnx", d / f"{src.stem}-{key}.json"
+
+
+def _cached_session(ort: Any, src: Path, threads: int | None) -> Any | None:
+    """A session of the cached optimised graph of ``src``, or None (no valid cache)."""
+    from .hashcache import sha256_cached
+
+    opt, rec = _cache_paths(ort, src)
     try:
-        return ort.InferenceSession(str(Path(path)), sess_options=so,
+        want = json.loads(rec.read_text(encoding="utf-8")).get("sha256")
+        if not opt.is_file() or want != sha256_cached(opt):
+            return None
+        so = _options(ort, threads, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        return ort.InferenceSession(str(opt), sess_options=so,
+                                    providers=["CPUExecutionProvider"])
+    except Exception:  # missing, unreadable, stale or refused by onnxruntime: optimise again
+        return None
+
+
+def _session_saving_cache(ort: Any, src: Path, threads: int | None) -> Any:
+    """Optimise ``src`` (full level) and, on the way, save the optimised graph to the cache."""
+    from .fsutil import atomic_write_text
+    from .hashcache import sha256_file
+
+    so = _options(ort, threads, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    tmp: Path | None = None
+    try:
+        opt, rec = _cache_paths(ort, src)
+        opt.parent.mkdir(parents=True, exist_ok=True)
+        tmp = opt.with_name(f".{opt.name}.{os.getpid()}.tmp")
+        so.optimized_model_filepath = str(tmp)
+    except OSError:
+        tmp = None
+    try:
+        sess = ort.InferenceSession(str(src), sess_options=so,
+                                    providers=["CPUExecutionProvider"])
+        if tmp is not None and tmp.is_file():
+            try:
+                atomic_write_text(rec, json.dumps({"sha256": sha256_file(tmp),
+                                                   "source": str(src)}) + "\n")
+                os.replace(tmp, opt)
+            except OSError:
+                pass
+    finally:
+        if tmp is not None:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+    return sess
+
+
+def cpu_session(path: str | os.PathLike, threads: int | None = None, *,
+                error: type[BundleError] = BundleError, what: str = "model",
+                cache: bool | None = None) -> Any:
+    """An ``onnxruntime.InferenceSession`` on the CPU; ``error`` (one line) if it cannot load.
+
+    ``cache``: use the optimised-model cache (module docstring); default ``$MKT_ORT_CACHE``
+    (on). The session computes the same outputs either way."""
+    import onnxruntime as ort  # heavy: imported when a session is actually opened
+
+    ort.set_default_logger_severity(4)  # fatal only: failures reach the user as MktError
+    src = Path(path)
+    use_cache = ort_cache_enabled() if cache is None else bool(cache)
+    try:
+        if use_cache and src.is_file():
+            sess = _cached_session(ort, src, threads)
+            if sess is not None:
+                return sess
+            return _session_saving_cache(ort, src, threads)
+        so = _options(ort, threads, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        return ort.InferenceSession(str(src), sess_options=so,
                                     providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
         reason = " ".join(str(e).split())[:300]
         raise error(f"{path}: onnxruntime cannot load the {what} ({reason})") from None
 
 
-__all__ = ["cpu_session", "default_threads"]
+__all__ = ["cpu_session", "default_threads", "ort_cache_enabled"]
