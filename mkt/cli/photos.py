@@ -11,6 +11,7 @@ import typer
 
 from .errors import warn_line
 from .options import (
+    BackendOpt,
     BatchOpt,
     BundleOpt,
     IndexOpt,
@@ -48,12 +49,13 @@ def classify_command(
     bundle: BundleOpt = None,
     threads: ThreadsOpt = None,
     precision: PrecisionOpt = None,
+    backend: BackendOpt = None,
     batch: BatchOpt = 32,
 ) -> None:
     """Classify photos into the 13 marketplace categories (top-k with probabilities)."""
     from ..runtime.batch import PhotoError, classify_photos
 
-    model = load_model(bundle, threads, precision)
+    model = load_model(bundle, threads, precision, backend)
     n_labels = len(model.labels)
     if k > n_labels:
         warn_line(f"-k {k}: the model has {n_labels} categories; showing all {n_labels}")
@@ -90,6 +92,7 @@ def similar_command(
                                            help="hnsw search breadth (recall/speed).")] = None,
     threads: ThreadsOpt = None,
     precision: PrecisionOpt = None,
+    backend: BackendOpt = None,
     html: Annotated[
         Path | None,
         typer.Option("--html", metavar="FILE",
@@ -103,7 +106,7 @@ def similar_command(
     """Find the indexed photos most similar to each photo (cosine similarity)."""
     from ..runtime.batch import PhotoError, similar_photos
 
-    model = load_model(bundle, threads, precision)
+    model = load_model(bundle, threads, precision, backend)
     idx = open_index(index, model, ef)
     rep = Reporter(as_json)
     con = None if as_json else console()

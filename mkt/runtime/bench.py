@@ -547,6 +547,7 @@ def run_bench(
     index_batch: int = 32,
     cold_runs: int = 5,
     variant: str | None = None,
+    backend: str | None = None,
     log: Log = _quiet,
     index_repeats: int | None = None,
     phone_repeats: int | None = None,
@@ -569,11 +570,12 @@ def run_bench(
     t_start = time.perf_counter()
     result: dict[str, Any] = {"schema": "mkt-bench/1", "machine": cpu_info(),
                               "versions": versions()}
-    model = Model(bundle, threads=threads, variant=variant)
+    model = Model(bundle, threads=threads, variant=variant, backend=backend)
     mpath = model.bundle.model_path(model.variant)
     result["bundle"] = {
         "path": str(model.bundle.path), "model_id": model.model_id, "arch": model.bundle.arch,
         "variant": model.variant, "file": mpath.name, "bytes": mpath.stat().st_size,
+        "backend": model.backend,
     }
     result["settings"] = {
         "threads": model.threads, "repeats": repeats, "warmup": warmup,
@@ -634,7 +636,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"load      average {m.get('loadavg')} at start, {m.get('loadavg_end')} at end",
         "versions  " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()),
         f"bundle    {b['arch']} {b['variant']} ({b['file']}, {b['bytes'] / 1e6:.1f} MB, "
-        f"model_id {b['model_id']})",
+        f"model_id {b['model_id']}), backend {b.get('backend', 'onnxruntime')}",
         f"settings  threads {s['threads']}, {s['photos']} photos, repeats {s['repeats']}, "
         f"warm-up {s['warmup']}",
         "",
