@@ -294,6 +294,9 @@ def bench_indexing(
 ) -> dict[str, Any]:
     """Indexing throughput (photos/s): decode + letterbox + embed at ``batch``.
 
+    ``index_loop`` (the reported figure): :func:`mkt.runtime.batch.iter_batches` + the model,
+    what ``mkt index build`` runs (decoding the next batch while the model runs this one).
+
     The photo list is cycled up to ``n_photos`` (files are read from disk every time; they
     are in the page cache after the first pass, as in a real re-index). ``embed``: the public
     ``Model.embed`` (decode a batch in threads, then infer); ``pipelined``: decode the next
@@ -311,7 +314,15 @@ def bench_indexing(
 
     reps = max(1, n // batch)
     ex = ThreadPoolExecutor(max_workers=w)
+    from .batch import iter_batches
+
+    def index_loop() -> None:  # what `mkt index build` runs (mkt.runtime.indexing.embed_items)
+        for b in iter_batches(paths, model, batch, workers=w):
+            model.run(b.arrays())
+
+    index_loop()  # warm-up
     variants: dict[str, tuple[Callable[[], Any], int]] = {
+        "index_loop": (index_loop, n),
         "embed": (lambda: model.embed(paths, batch_size=batch), n),
         "pipelined": (lambda: embed_pipelined(model, paths, batch, w), n),
         "model_only": (lambda: [model.embed_arrays(arr) for _ in range(reps)], reps * batch),
@@ -332,9 +343,10 @@ def bench_indexing(
         med = float(np.median(times[k]))
         out[k] = {"photos_per_s": round(count / med, 1), "median_s": round(med, 4),
                   "runs_s": [round(t, 4) for t in times[k]]}
-    best = max(("embed", "pipelined"), key=lambda k: out[k]["photos_per_s"])
+    best = max(("index_loop", "embed", "pipelined"), key=lambda k: out[k]["photos_per_s"])
     out["best"] = best
-    out["photos_per_s"] = out[best]["photos_per_s"]
+    # the figure: what `mkt index build` itself does (iter_batches, decoding one batch ahead)
+    out["photos_per_s"] = out["index_loop"]["photos_per_s"]
     return out
 
 
@@ -647,6 +659,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"  end to end / model    {r['e2e_over_model']:.2f}x (p50)",
         "",
         f"indexing, batch {ix['batch']} ({ix['photos']} photos, {ix['workers']} decode threads)",
+        f"  index build loop      {ix['index_loop']['photos_per_s']:8.1f} photos/s "
+        "(iter_batches: decode one batch ahead)",
         f"  Model.embed           {ix['embed']['photos_per_s']:8.1f} photos/s",
         f"  pipelined decode      {ix['pipelined']['photos_per_s']:8.1f} photos/s",
         f"  model only            {ix['model_only']['photos_per_s']:8.1f} photos/s",
