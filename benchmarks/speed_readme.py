@@ -1,8 +1,9 @@
 """Regenerate the README's "Speed on this CPU" section from the benchmark results, so every
 figure there comes from the commands below and nowhere else:
 
-    mkt bench --out benchmarks/results/bench.json                       # runtime targets
-    python benchmarks/compare.py --core --max-photos 32                  # peers, same run
+    P="--photos tests/fixtures/photos --photos mkt/assets/examples"
+    mkt bench --threads 2 $P --out benchmarks/results/bench.json         # runtime targets
+    python benchmarks/compare.py --core --threads 2 $P                   # peers, same run
     python benchmarks/venv_size.py                                       # base install size
     python benchmarks/speed_readme.py                                    # rewrites README.md
 
