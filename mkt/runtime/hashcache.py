@@ -30,7 +30,14 @@ _loaded = False
 def cache_dir() -> Path:
     """``$MKT_CACHE_DIR`` or ``~/.cache/mkt``: where mkt keeps per-machine derived files."""
     env = os.environ.get("MKT_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "mkt"
+    if env:
+        return Path(env)
+    try:
+        return Path.home() / ".cache" / "mkt"
+    except RuntimeError:  # no home directory (a service user): a per-machine temp folder
+        import tempfile
+
+        return Path(tempfile.gettempdir()) / "mkt-cache"
 
 
 def enabled() -> bool:
