@@ -26,8 +26,16 @@ BEGIN, END = "<!-- speed:begin -->", "<!-- speed:end -->"
 
 
 def _load(name: str) -> dict[str, Any] | None:
+    """A results file, with this checkout's absolute paths made relative (and written back
+    so: no machine paths in committed results)."""
     p = RES / name
-    return json.loads(p.read_text()) if p.is_file() else None
+    if not p.is_file():
+        return None
+    text = p.read_text()
+    clean = text.replace(str(REPO) + "/", "").replace(str(REPO), ".")
+    if clean != text:
+        p.write_text(clean)
+    return json.loads(clean)
 
 
 def _met(ok: bool | None) -> str:

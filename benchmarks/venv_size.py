@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         "installed_but_not_imported": unused,
         "installed_but_not_imported_mb": round(sum(dist_mb.get(d, 0.0) for d in unused), 1),
         "dist_mb": dist_mb,
-        "venv": "temporary (pip install .)" if args.venv is None else str(args.venv),
+        # no machine paths in committed results
+        "venv": "temporary (pip install .)" if args.venv is None else "given (--venv)",
         "seconds": round(time.perf_counter() - t0, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
