@@ -184,7 +184,7 @@ def torch_e2e_runners(built: dict[str, Any], photos: list[Path]) -> dict[str, An
 
         def run(path: Path, net=net) -> Any:
             with Image.open(path) as im:
-                x = np.asarray(tf(im.convert("RGB")), dtype=np.uint8)[None]
+                x = np.array(tf(im.convert("RGB")), dtype=np.uint8)[None]
             with torch.inference_mode():
                 return net(torch.from_numpy(x))
 

@@ -59,7 +59,8 @@ def test_indexing(bench_result):
     for key in ("index_loop", "embed", "pipelined", "model_only", "decode_only"):
         assert ix[key]["photos_per_s"] > 0
         assert ix[key]["median_s"] > 0
-    assert ix["photos_per_s"] == ix[ix["best"]]["photos_per_s"]
+    assert ix["photos_per_s"] == ix["index_loop"]["photos_per_s"]  # what `mkt index build` runs
+    assert ix["best"] in ("index_loop", "embed", "pipelined")
 
 
 def test_phone_jpeg(bench_result):
