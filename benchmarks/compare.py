@@ -8,7 +8,16 @@ Models (same photos, batch 1 and batch 32, same thread count for everyone):
   (``mkt.export.export_bundle``, fp32 kept, calibrated on the benchmark photos), run through the
   runtime's own ``Model`` (same session options as ``mkt classify``),
 - the shipped bundle (``mkt/assets/bundle``, the trained Lite0, int8) when present,
-- ``mkt`` end to end (decode + letterbox + int8 inference + top-k) at batch 1.
+- ``mkt`` end to end (decode + letterbox + int8 inference + top-k) at batch 1,
+- torch eager end to end at batch 1 (ResNet-50 and Lite0): PIL decode + torchvision
+  ``Resize(256)`` + ``CenterCrop(224)`` + the model (the usual torch recipe), the baseline of the
+  issue's end-to-end targets (mkt >= 15x ResNet-50, >= 2x Lite0),
+- OpenVINO (``pip install openvino``) running the shipped bundle's own ONNX files: fp32, and
+  the int8 QDQ graph read directly (OpenVINO folds the QDQ pairs into its own int8 kernels),
+  with top-1 agreement and embedding cosine against onnxruntime on the same photos.
+
+``--core`` measures only what needs no export (torch eager rows, the shipped bundle under
+onnxruntime and OpenVINO, the end-to-end rows): a few minutes instead of the exports'.
 
 Every torch model runs behind the exporter's ``UInt8Model`` wrapper, so all rows compute the
 same thing from the same ``uint8 [N,224,224,3]`` input (normalisation included).
@@ -157,6 +166,86 @@ def _cycle(arrays: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(arrays[np.arange(n) % len(arrays)])
 
 
+def torch_e2e_runners(built: dict[str, Any], photos: list[Path]) -> dict[str, Any]:
+    """``name -> run(path)``: the usual torch recipe end to end at batch 1: PIL decode, RGB,
+    torchvision ``Resize(256)`` + ``CenterCrop(224)``, then the model (behind the exporter's
+    uint8 wrapper, which normalises inside, as every other row)."""
+    import torch
+    from PIL import Image
+    from torchvision import transforms
+
+    from mkt.export.onnx_export import wrap_checkpoint
+    from mkt.training.checkpoint import read_checkpoint
+
+    tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])
+    out = {}
+    for arch, (ckpt_path, _) in built.items():
+        net = wrap_checkpoint(read_checkpoint(ckpt_path)).eval()
+
+        def run(path: Path, net=net) -> Any:
+            with Image.open(path) as im:
+                x = np.array(tf(im.convert("RGB")), dtype=np.uint8)[None]
+            with torch.inference_mode():
+                return net(torch.from_numpy(x))
+
+        out[f"torch eager fp32 {arch} end to end (PIL + torchvision)"] = run
+    return out
+
+
+def add_openvino(runners: list, bundle: Path, arrays: np.ndarray, threads: int) -> dict:
+    """OpenVINO rows for the shipped bundle's fp32 and int8 ONNX files (when ``openvino`` is
+    installed), and their agreement with onnxruntime on ``arrays``: top-1 agreement, embedding
+    cosine (mean/min), max |logit| difference. Compile time is reported too (it is a cold
+    start cost: OpenVINO compiles the graph for the CPU when a model is loaded)."""
+    try:
+        import openvino as ov
+    except ImportError as e:
+        log(f"OpenVINO rows skipped ({e}; pip install openvino)")
+        return {"skipped": str(e)}
+    from mkt.runtime.session import cpu_session
+
+    core = ov.Core()
+    man = json.loads((bundle / "manifest.json").read_text())
+    out_names = (man["outputs"].get("logits", "logits"), man["outputs"].get("embedding",
+                                                                             "embedding"))
+    parity: dict[str, Any] = {"version": ov.__version__}
+    for variant in ("fp32", "int8"):
+        path = bundle / man["models"][variant]
+        t0 = time.perf_counter()
+        cm = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": int(threads),
+                                                    "PERFORMANCE_HINT": "LATENCY"})
+        compile_s = time.perf_counter() - t0
+        req = cm.create_infer_request()
+        outs = [cm.output(n) for n in out_names]
+
+        def run(x: np.ndarray, req=req, outs=outs) -> Any:
+            r = req.infer({0: x})
+            return [r[o] for o in outs]
+
+        sess = cpu_session(path, threads)
+        la, ea, lb, eb = [], [], [], []
+        for i in range(len(arrays)):
+            a = sess.run(list(out_names), {sess.get_inputs()[0].name: arrays[i:i + 1]})
+            b = run(arrays[i:i + 1])
+            la.append(a[0]), ea.append(a[1]), lb.append(np.asarray(b[0])), eb.append(
+                np.asarray(b[1]))
+        la, ea, lb, eb = map(np.concatenate, (la, ea, lb, eb))
+        cos = (ea * eb).sum(1) / np.linalg.norm(ea, axis=1) / np.linalg.norm(eb, axis=1)
+        parity[variant] = {
+            "top1_agreement_vs_onnxruntime": round(float((la.argmax(1) == lb.argmax(1)).mean()),
+                                                   4),
+            "embedding_cosine_mean": round(float(cos.mean()), 5),
+            "embedding_cosine_min": round(float(cos.min()), 5),
+            "max_abs_logit_diff": round(float(np.abs(la - lb).max()), 5),
+            "compile_s": round(compile_s, 3), "photos": len(arrays)}
+        note = ("QDQ graph read directly" if variant == "int8" else "same ONNX file") + (
+            f"; compile {compile_s:.2f} s")
+        runners.append((f"OpenVINO {variant} shipped bundle", run, {
+            "arch": man.get("arch"), "engine": f"openvino {ov.__version__}",
+            "precision": variant, "model_bytes": path.stat().st_size, "note": note}))
+    return parity
+
+
 def bench_models(args: argparse.Namespace, photos: list[Path], work: Path) -> dict[str, Any]:
     import torch
 
@@ -174,14 +263,22 @@ def bench_models(args: argparse.Namespace, photos: list[Path], work: Path) -> di
     for i, p in enumerate(photos):  # one flat folder: what the exporter's --photos wants
         (photo_dir / f"{i:05d}{p.suffix.lower()}").symlink_to(p.resolve())
 
-    built = {
-        "resnet50": export("resnet50", None, work, photo_dir, args.calib, args.re_export,
-                           "u8s8rr"),
-        "efficientnet_lite0": export("efficientnet_lite0", "imagenet", work, photo_dir,
-                                     args.calib, args.re_export, "u8s8rr"),
-    }
-    lite_u8u8 = export("efficientnet_lite0", "imagenet", work, photo_dir, args.calib,
-                       args.re_export, "u8u8")[1]
+    if args.core:  # checkpoints for the torch rows only, no ONNX export
+        built = {}
+        for arch, pre in (("resnet50", None), ("efficientnet_lite0", "imagenet")):
+            ck = work / f"{arch}.pt"
+            if args.re_export or not ck.is_file():
+                write_checkpoint(arch, pre, ck)
+            built[arch] = (ck, None)
+    else:
+        built = {
+            "resnet50": export("resnet50", None, work, photo_dir, args.calib, args.re_export,
+                               "u8s8rr"),
+            "efficientnet_lite0": export("efficientnet_lite0", "imagenet", work, photo_dir,
+                                         args.calib, args.re_export, "u8s8rr"),
+        }
+        lite_u8u8 = export("efficientnet_lite0", "imagenet", work, photo_dir, args.calib,
+                           args.re_export, "u8u8")[1]
     reps, r32 = args.repeats, args.b32_repeats
     # (name, run(batch), meta). Everything is built first, then measured interleaved (round
     # robin, one pass each) so that every row sees the same machine load.
@@ -193,22 +290,29 @@ def bench_models(args: argparse.Namespace, photos: list[Path], work: Path) -> di
             "arch": m.bundle.arch, "engine": "onnxruntime", "precision": variant,
             "model_bytes": m.bundle.model_path(variant).stat().st_size, "note": note}))
 
-    for arch, (_, bdir) in built.items():
-        add_model(f"ORT fp32 {arch}", bdir, "fp32")
-        add_model(f"ORT int8 {arch}", bdir, "int8", "U8S8, reduce_range (minmax)")
-    add_model("ORT int8 efficientnet_lite0 u8u8", lite_u8u8, "int8",
-              "U8U8 (the exporter's first try)")
-    folded = fold_bundle(built["efficientnet_lite0"][1], work / "lite0-u8s8rr-folded")
-    if folded is not None:
-        add_model("ORT int8 efficientnet_lite0, uint8 input folded", folded, "int8",
-                  "U8S8 rr + benchmarks/fold_prepro.py (proposal)")
+    if not args.core:
+        for arch, (_, bdir) in built.items():
+            add_model(f"ORT fp32 {arch}", bdir, "fp32")
+            add_model(f"ORT int8 {arch}", bdir, "int8", "U8S8, reduce_range (minmax)")
+        add_model("ORT int8 efficientnet_lite0 u8u8", lite_u8u8, "int8",
+                  "U8U8 (the exporter's first try)")
+        folded = fold_bundle(built["efficientnet_lite0"][1], work / "lite0-u8s8rr-folded")
+        if folded is not None:
+            add_model("ORT int8 efficientnet_lite0, uint8 input folded", folded, "int8",
+                      "U8S8 rr + benchmarks/fold_prepro.py (proposal)")
     shipped = REPO / "mkt" / "assets" / "bundle"
     e2e_bundle = built["efficientnet_lite0"][1]
+    parity: dict[str, Any] = {}
     if (shipped / "manifest.json").is_file():
         cal = json.loads((shipped / "manifest.json").read_text())["export"]["calibration"]
+        add_model("ORT fp32 shipped bundle (trained Lite0)", shipped, "fp32",
+                  "mkt/assets/bundle")
         add_model("ORT int8 shipped bundle (trained Lite0)", shipped, "int8",
                   f"mkt/assets/bundle, int8 try {cal.get('try')}")
         e2e_bundle = shipped
+        parity = add_openvino(runners, shipped, arrays, args.threads)
+    if e2e_bundle is None:
+        raise SystemExit("--core needs the shipped bundle (mkt/assets/bundle)")
     for arch, (ckpt_path, _) in built.items():
         net = wrap_checkpoint(read_checkpoint(ckpt_path)).eval()
 
@@ -222,6 +326,7 @@ def bench_models(args: argparse.Namespace, photos: list[Path], work: Path) -> di
             "note": "random init" if arch == "resnet50" else "ImageNet weights"}))
     e2e_model = Model(e2e_bundle, threads=args.threads)
     runners.append(("mkt end to end", None, {}))
+    torch_e2e = torch_e2e_runners(built, photos)
 
     x32 = _cycle(arrays, 32)
     for _name, run, _ in runners:  # warm-up: both batch shapes
@@ -232,7 +337,11 @@ def bench_models(args: argparse.Namespace, photos: list[Path], work: Path) -> di
     b1: dict[str, list[float]] = {n: [] for n, _, _ in runners}
     b32: dict[str, list[float]] = {n: [] for n, _, _ in runners if n != "mkt end to end"}
     e2e_only: list[float] = []
+    b1_e2e: dict[str, list[float]] = {n: [] for n in torch_e2e}
     B.bench_classify_e2e(e2e_model, photos[:4], 1, warmup=1)
+    for trun in torch_e2e.values():
+        for p in photos[:3]:
+            trun(p)
     for r in range(reps):
         log(f"batch 1, pass {r + 1}/{reps} ...")
         for name, run, _ in runners:
@@ -241,6 +350,10 @@ def bench_models(args: argparse.Namespace, photos: list[Path], work: Path) -> di
                 for i, p in enumerate(photos):
                     b1[name].append(B.time_ms(lambda p=p: e2e_model.classify([p])))
                     e2e_only.append(B.time_ms(lambda i=i: e2e_model.predict(arrays[i:i + 1])))
+                for tname, trun in torch_e2e.items():  # the torch recipes, same photos
+                    settle()
+                    for p in photos:
+                        b1_e2e[tname].append(B.time_ms(lambda p=p, trun=trun: trun(p)))
                 continue
             for i in range(len(arrays)):
                 b1[name].append(B.time_ms(lambda i=i, run=run: run(arrays[i:i + 1])))
@@ -266,6 +379,10 @@ def bench_models(args: argparse.Namespace, photos: list[Path], work: Path) -> di
     e2e_model_ms = B.summarize(e2e_only)
 
     ref = next(r for r in rows if r["name"] == "torch eager fp32 resnet50")
+    e2e_rows = {n: B.summarize(v) for n, v in b1_e2e.items()}
+    for n, v in e2e_rows.items():
+        log(f"  {n}: batch 1 p50 {v['p50']:.2f} ms")
+    vs = {n: round(v["p50"] / e2e["p50"], 2) for n, v in e2e_rows.items()}
     for r in rows:
         r["speedup_b1_vs_resnet50_torch"] = round(
             ref["batch1_ms"]["p50"] / r["batch1_ms"]["p50"], 2)
@@ -278,7 +395,11 @@ def bench_models(args: argparse.Namespace, photos: list[Path], work: Path) -> di
             "bundle": str(e2e_bundle), "classify_e2e_ms": e2e, "model_only_ms": e2e_model_ms,
             "e2e_over_model": round(e2e["p50"] / e2e_model_ms["p50"], 3),
             "speedup_vs_resnet50_torch_b1": round(ref["batch1_ms"]["p50"] / e2e["p50"], 2),
+            # the issue's end-to-end targets: photo file in, answer out, on both sides
+            "torch_e2e_ms": e2e_rows,
+            "speedup_vs_torch_e2e": vs,
         },
+        "openvino_parity": parity,
         "notes": [
             "ResNet-50 has random weights (speed does not depend on them); Lite0 has ImageNet "
             "weights; both get the two mkt heads (13 logits + 256-d embedding).",
@@ -554,6 +675,30 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
               f"ms, p95 {fmt_ms(e['classify_e2e_ms']['p95'])} ms; model only p50 "
               f"{fmt_ms(e['model_only_ms']['p50'])} ms (end to end / model = "
               f"{e['e2e_over_model']}x).", ""]
+        if e.get("torch_e2e_ms"):
+            L += ["End to end at batch 1, photo file in, answer out (same photos, same run):", "",
+                  "| pipeline | p50 ms | p95 ms | mkt is x faster |", "|---|---:|---:|---:|",
+                  f"| mkt classify (PIL draft decode + letterbox + ORT int8) | "
+                  f"{fmt_ms(e['classify_e2e_ms']['p50'])} | "
+                  f"{fmt_ms(e['classify_e2e_ms']['p95'])} | 1.0 |"]
+            for n, v in e["torch_e2e_ms"].items():
+                L.append(f"| {n} | {fmt_ms(v['p50'])} | {fmt_ms(v['p95'])} | "
+                         f"{e['speedup_vs_torch_e2e'][n]}x |")
+            L.append("")
+        par = md.get("openvino_parity") or {}
+        if par.get("fp32"):
+            L += [f"OpenVINO {par['version']} on the shipped bundle's ONNX files, against "
+                  "onnxruntime on the same photos:", "",
+                  "| precision | top-1 agreement | embedding cosine mean / min "
+                  "| max logit diff | compile s |", "|---|---:|---:|---:|---:|"]
+            for v in ("fp32", "int8"):
+                q = par[v]
+                L.append(f"| {v} | {q['top1_agreement_vs_onnxruntime']} | "
+                         f"{q['embedding_cosine_mean']} / {q['embedding_cosine_min']} | "
+                         f"{q['max_abs_logit_diff']} | {q['compile_s']} |")
+            L.append("")
+        elif par.get("skipped"):
+            L += [f"OpenVINO rows skipped: {par['skipped']}.", ""]
         by = {r["name"]: r for r in md["rows"]}
         rn = by["torch eager fp32 resnet50"]
         sentences = []
@@ -561,7 +706,9 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
                      "ORT int8 efficientnet_lite0", "ORT int8 efficientnet_lite0 u8u8",
                      "ORT int8 shipped bundle (trained Lite0)",
                      "ORT fp32 efficientnet_lite0", "torch eager fp32 efficientnet_lite0",
-                     "ORT int8 resnet50", "ORT fp32 resnet50"):
+                     "ORT int8 resnet50", "ORT fp32 resnet50",
+                     "OpenVINO int8 shipped bundle", "OpenVINO fp32 shipped bundle",
+                     "ORT fp32 shipped bundle (trained Lite0)"):
             if name in by:
                 r = by[name]
                 sentences.append(
@@ -572,7 +719,9 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
         sentences.append(
             f"- `mkt classify` end to end is {e['speedup_vs_resnet50_torch_b1']}x faster than "
             f"ResNet-50 torch eager fp32 model-only (target >= 15x).")
-        pairs = [("ORT int8 efficientnet_lite0", "ORT fp32 efficientnet_lite0"),
+        pairs = [("ORT int8 shipped bundle (trained Lite0)", "OpenVINO int8 shipped bundle"),
+                 ("ORT fp32 shipped bundle (trained Lite0)", "OpenVINO fp32 shipped bundle"),
+                 ("ORT int8 efficientnet_lite0", "ORT fp32 efficientnet_lite0"),
                  ("ORT int8 efficientnet_lite0", "ORT int8 efficientnet_lite0 u8u8"),
                  ("ORT int8 efficientnet_lite0, uint8 input folded",
                   "ORT int8 efficientnet_lite0"),
@@ -696,6 +845,12 @@ def targets(res: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             "met": e["speedup_vs_resnet50_torch_b1"] >= 15}
         out["e2e_over_model_int8"] = {"value": e["e2e_over_model"], "target": "<= 1.2",
                                       "met": e["e2e_over_model"] <= 1.2}
+        for arch, want in (("resnet50", 15), ("efficientnet_lite0", 2)):
+            name = f"torch eager fp32 {arch} end to end (PIL + torchvision)"
+            v = (e.get("speedup_vs_torch_e2e") or {}).get(name)
+            if v is not None:
+                out[f"e2e_vs_{arch}_torch_e2e_speedup"] = {
+                    "value": v, "target": f">= {want}", "met": v >= want}
     sr = res.get("search")
     if sr:
         big = max(sr["sizes"], key=lambda r: r["n"])
@@ -736,10 +891,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp"))
                     / "mkt-compare", help="where exported bundles are cached")
     ap.add_argument("--re-export", action="store_true", help="export again even if cached")
+    ap.add_argument("--core", action="store_true",
+                    help="only the rows that need no export (torch eager, the shipped bundle "
+                         "under onnxruntime and OpenVINO, end to end); implies --skip-search")
     ap.add_argument("--skip-models", action="store_true")
     ap.add_argument("--skip-search", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    if args.core:
+        args.skip_search = True
     q = args.quick
     args.repeats = args.repeats or (2 if q else 5)
     args.b32_repeats = args.b32_repeats or (2 if q else 5)
@@ -755,9 +915,11 @@ def main(argv: list[str] | None = None) -> int:
         "machine": B.cpu_info(), "versions": B.versions(), "quick": q,
     }
     try:
-        import faiss
         import torch
-        res["versions"].update(torch=torch.__version__, faiss=faiss.__version__)
+        res["versions"].update(torch=torch.__version__)
+        if not args.skip_search:
+            import faiss
+            res["versions"].update(faiss=faiss.__version__)
     except ImportError as e:
         log(f"missing dependency: {e} (pip install 'mkt[train]' faiss-cpu)")
         return 2
@@ -772,7 +934,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_search:
         res["search"] = bench_search(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "-quick" if q else ""
+    suffix = "-core" if args.core else "-quick" if q else ""
     prev_path = args.out / f"compare{suffix}.json"
     if (args.skip_models or args.skip_search) and prev_path.is_file():
         # A partial run keeps the other part from the previous results file (dated).

@@ -56,10 +56,11 @@ def test_latencies(bench_result):
 def test_indexing(bench_result):
     ix = bench_result["indexing"]
     assert ix["batch"] == 32 and ix["photos"] >= 32
-    for key in ("embed", "pipelined", "model_only", "decode_only"):
+    for key in ("index_loop", "embed", "pipelined", "model_only", "decode_only"):
         assert ix[key]["photos_per_s"] > 0
         assert ix[key]["median_s"] > 0
-    assert ix["photos_per_s"] == ix[ix["best"]]["photos_per_s"]
+    assert ix["photos_per_s"] == ix["index_loop"]["photos_per_s"]  # what `mkt index build` runs
+    assert ix["best"] in ("index_loop", "embed", "pipelined")
 
 
 def test_phone_jpeg(bench_result):
@@ -79,12 +80,21 @@ def test_cold_start_and_rss(bench_result):
     assert rss["bench_process"] > 0
     if rss["classify_process"] is not None:  # VmHWM: Linux only
         assert rss["classify_process"] > 0
+    assert cs["no_cache_median_s"] > 0  # the same command with the start-up caches off
+    serve = bench_result["serve_idle"]
+    assert "skipped" in serve or serve["idle_rss_mb"] > 0
+    ix = bench_result["indexing"]
+    assert set(ix["model_only_by_batch"]) == {"b1", "b8", "b32", "b64"}
+    assert ix["ceiling_photos_per_s"] == max(ix["model_only_by_batch"].values())
 
 
 def test_targets_reported(bench_result):
     t = bench_result["targets"]
-    assert set(t) == {"e2e_over_model", "phone_12mp_e2e_p50_ms", "cold_start_median_s",
+    assert set(t) >= {"e2e_over_model", "phone_12mp_e2e_p50_ms", "cold_start_median_s",
                       "indexing_photos_per_s"}
+    if bench_result["peak_rss_mb"]["classify_process"] is not None:
+        assert t["classify_peak_rss_mb"]["value"] > 0
+    assert t["indexing_photos_per_s"]["model_only_ceiling"] > 0
     for v in t.values():
         assert isinstance(v["met"], bool) and v["value"] > 0
 

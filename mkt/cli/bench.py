@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from ..runtime.errors import MktError
-from .options import BundleOpt, ThreadsOpt, command
+from .options import BackendOpt, BundleOpt, ThreadsOpt, command
 
 
 def register(app: typer.Typer) -> None:
@@ -99,6 +99,7 @@ def bench_command(
         "--variant", metavar="NAME",
         help="Precision to run: int8 or fp32 (default: the faster one on this CPU).")
     ] = None,
+    backend: BackendOpt = None,
     parity: Annotated[bool, typer.Option(
         "--parity", help="Only compare the bundle's int8 model with its fp32 model on this "
         "CPU (top-1 agreement, embedding cosine, speed) on the packaged parity photos or "
@@ -131,7 +132,7 @@ def bench_command(
     log("quick run (fewer passes: noisier figures)" if quick else
         "full run: a few minutes on 2 cores (--quick: under 20 s)")
     result = run_bench(bundle, photos=photos or None, threads=threads, variant=variant,
-                       log=log, **settings)
+                       backend=backend, log=log, **settings)
     result["settings"]["quick"] = bool(quick)
     text = to_json(result)
     if out is not None:

@@ -11,6 +11,7 @@ import typer
 
 from .errors import warn_line
 from .options import (
+    BackendOpt,
     BatchOpt,
     BundleOpt,
     IndexOpt,
@@ -63,6 +64,7 @@ def price_command(
     as_json: JsonOpt = False,
     threads: ThreadsOpt = None,
     precision: PrecisionOpt = None,
+    backend: BackendOpt = None,
 ) -> None:
     """Suggest a price from the nearest listings: similarity-weighted mean of their log prices.
 
@@ -73,7 +75,7 @@ def price_command(
     from ..runtime.batch import PhotoError
     from ..runtime.price import suggest_price
 
-    model = load_model(bundle, threads, precision)
+    model = load_model(bundle, threads, precision, backend)
     idx = open_index(index, model)
     rep = Reporter(as_json)
     unpriced = 0
@@ -144,6 +146,7 @@ def dupes_command(
     as_json: JsonOpt = False,
     threads: ThreadsOpt = None,
     precision: PrecisionOpt = None,
+    backend: BackendOpt = None,
     batch: BatchOpt = 32,
 ) -> None:
     """Find groups of photos that are the same picture (re-encoded, resized or cropped copies
@@ -156,7 +159,7 @@ def dupes_command(
     from ..runtime.html import PhotoResolver
 
     rule = DupeRule.from_options(threshold, max_hash_distance, use_hash=not no_hash)
-    model = load_model(bundle, threads, precision)
+    model = load_model(bundle, threads, precision, backend)
     idx = open_index(index, model) if index is not None else None
     resolver = PhotoResolver.for_index(idx, photos_root or ()) if idx is not None else None
     report = find_dupes(model, sources, rule=rule, index=idx, resolver=resolver,

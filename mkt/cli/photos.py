@@ -12,6 +12,7 @@ import typer
 from .errors import warn_line
 from .nearopts import NearOpt, WithinOpt, near_options
 from .options import (
+    BackendOpt,
     BatchOpt,
     BundleOpt,
     IndexOpt,
@@ -54,6 +55,7 @@ def classify_command(
     bundle: BundleOpt = None,
     threads: ThreadsOpt = None,
     precision: PrecisionOpt = None,
+    backend: BackendOpt = None,
     batch: BatchOpt = 32,
 ) -> None:
     """Classify photos into the 13 marketplace categories (top-k with probabilities)."""
@@ -64,7 +66,7 @@ def classify_command(
         raise MktError("--votes and --title cannot be combined")
     if index is not None and not votes:
         raise MktError("--index is used by --votes; add --votes")
-    model = load_model(bundle, threads, precision)
+    model = load_model(bundle, threads, precision, backend)
     voter = None
     if votes:
         from ..runtime.votes import NeighbourVotes
@@ -106,6 +108,7 @@ def similar_command(
                                            help="hnsw search breadth (recall/speed).")] = None,
     threads: ThreadsOpt = None,
     precision: PrecisionOpt = None,
+    backend: BackendOpt = None,
     html: Annotated[
         Path | None,
         typer.Option("--html", metavar="FILE",
@@ -122,7 +125,7 @@ def similar_command(
     from ..runtime.batch import PhotoError, similar_photos
 
     place, within_km = near_options(near, within)
-    model = load_model(bundle, threads, precision)
+    model = load_model(bundle, threads, precision, backend)
     idx = open_index(index, model, ef)
     rep = Reporter(as_json)
     con = None if as_json else console()

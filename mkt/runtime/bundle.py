@@ -11,7 +11,6 @@ Standard library only (no torch, no onnx): the exporter, the runtime and the tes
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ from typing import Any
 
 from .errors import BundleError
 from .fsutil import atomic_write_text
+from .hashcache import sha256_cached, sha256_file
 from .preprocess import Preprocess
 
 SCHEMA_VERSION = 1
@@ -31,18 +31,6 @@ FP32_FILE = "model.fp32.onnx"
 PARITY_FILE = "parity.json"
 #: Largest manifest read (a real one is a few KB; a hostile one must not eat memory).
 MAX_MANIFEST_BYTES = 4 << 20
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
 
 
 def packaged_asset(name: str) -> Path:
@@ -182,7 +170,10 @@ def verify_files(bundle_dir: str | os.PathLike, m: dict[str, Any], *,
         fp = d / _safe_name(name, mpath)
         if not fp.is_file():
             raise BundleError(f"{fp}: listed in manifest but missing")
-        got = sha256_file(fp)
+        # remembered while the file's stamps are unchanged (mkt.runtime.hashcache): a changed
+        # byte is still refused, without re-reading 55 MB on every command; strict (what the
+        # exporter checks of what it wrote) always reads the bytes
+        got = sha256_file(fp) if strict else sha256_cached(fp)
         if got != str(want).lower():
             raise BundleError(
                 f"{fp}: sha256 mismatch (manifest {str(want)[:12]}..., file {got[:12]}...); "

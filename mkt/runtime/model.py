@@ -21,7 +21,7 @@ from .bundle import Bundle, load_bundle
 from .calibration import Calibration
 from .errors import BundleError, MktError
 from .images import ImageSource
-from .session import cpu_session, default_threads
+from .session import default_threads, model_session, resolve_backend
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -97,15 +97,18 @@ class Model:
         *,
         variant: str | None = None,
         threads: int | None = None,
+        backend: str | None = None,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.threads = int(threads) if threads else default_threads()
+        #: ``onnxruntime`` (default) or ``openvino`` (``$MKT_BACKEND``; the ``openvino`` extra)
+        self.backend = resolve_backend(backend)
         self.variant, self.precision_info = self._choose_variant(variant)
         path = self.bundle.model_path(self.variant)
         self.calibration = Calibration.from_manifest(self.bundle.calibration, self.bundle.path)
         self.temperature = self.calibration.temperature
 
-        self.session = cpu_session(path, self.threads)
+        self.session = model_session(path, self.threads, self.backend)
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name for o in self.session.get_outputs()}
         b = self.bundle
