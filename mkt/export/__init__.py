@@ -200,6 +200,9 @@ def export_bundle(
                 "config": ckpt.get("config", {}),
                 "epoch": ckpt.get("epoch"),
                 "best_metric": ckpt.get("best_metric"),
+                # the second stage (mkt.training.retrieval), when the checkpoint had one
+                "retrieval": {k: v for k, v in (ckpt.get("retrieval") or {}).items()
+                              if k != "history"} or None,
             },
             "export": {
                 "command": command,
