@@ -3,7 +3,8 @@
 One module a command group, each with a ``register(app)`` that adds its commands:
 
 - :mod:`.photos`: ``classify``, ``similar``; :mod:`.search`: ``search``;
-  :mod:`.index`: ``index build|add|remove|info``;
+  :mod:`.index`: ``index build|add|remove|info|push``;
+  :mod:`.embed`: ``embed`` (batch embedding to Parquet, local or Ray: ``scale`` extra);
   :mod:`.info`: ``info``; :mod:`.example`: ``example`` (the packaged example photos);
   :mod:`.market`: ``price``, ``dupes``; :mod:`.bench`: ``bench``;
   :mod:`.serve`: ``serve`` (``serve`` extra); :mod:`.train`: ``data``, ``train``,
@@ -33,8 +34,8 @@ from .options import new_app
 
 #: The command modules, in the order their commands are listed.
 COMMAND_MODULES = (
-    "photos", "search", "market", "index", "info", "example", "bench", "serve", "train",
-    "export",
+    "photos", "search", "market", "index", "embed", "info", "example", "bench", "serve",
+    "train", "export",
 )
 
 app = new_app(

@@ -72,7 +72,8 @@ def index_build_command(
     source: Annotated[
         Path,
         typer.Argument(metavar="SOURCE", help="Dataset folder (Products.csv, Images.csv, "
-                       "images/) or a folder of photos."),
+                       "images/), a folder of photos, or a vectors directory written by "
+                       "`mkt embed` (no second model pass)."),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR",
                                       help="Index directory to write.")],
@@ -97,10 +98,23 @@ def index_build_command(
     if (out / INDEX_JSON).exists() and not force:  # before loading the model
         raise MktError(f"{out}: an index already exists (use --force, or `mkt index add`)")
     model = load_model(bundle, threads, precision)
+    cmdline = " ".join(["mkt", *sys.argv[1:]])
+    from ..runtime.embed_job import is_vectors_dir
+
+    if is_vectors_dir(source):  # `mkt embed` output: no second model pass
+        from ..runtime.embed_job import build_index_from_vectors
+
+        with _writing(wait):
+            idx = build_index_from_vectors(model, source, out, M=m,
+                                           ef_construction=ef_construction, ef=ef,
+                                           overwrite=force, command=cmdline)
+        sys.stderr.write(f"mkt: indexed {idx.count} precomputed vectors into {out} (model "
+                         f"{idx.model_id}, generation {idx.generation})\n")
+        return
     with _writing(wait):
         rep = _with_progress(build_index, model, source, out, M=m,
                              ef_construction=ef_construction, ef=ef, overwrite=force,
-                             batch_size=batch, command=" ".join(["mkt", *sys.argv[1:]]))
+                             batch_size=batch, command=cmdline)
     idx = rep.index
     sys.stderr.write(f"mkt: indexed {idx.count} photos into {out} (model {idx.model_id}, "
                      f"generation {idx.generation}); {len(rep.errors)} skipped\n")
