@@ -16,6 +16,7 @@ from .errors import err_line
 from .options import (
     BatchOpt,
     BundleOpt,
+    CredentialsOpt,
     JsonOpt,
     PrecisionOpt,
     ThreadsOpt,
@@ -28,6 +29,9 @@ from .output import ProgressBar, console, emit_json, show_kv
 index_app = new_app(help="Build and maintain similarity indexes (hnswlib + sqlite).")
 
 IndexArg = Annotated[Path, typer.Argument(help="Index directory.", metavar="INDEX")]
+AnyIndexArg = Annotated[str, typer.Argument(
+    metavar="INDEX", help="Index directory, or postgresql://user@host/db[?index=NAME] (a "
+    "shared pgvector index; password from MKT_DB_PASSWORD or --credentials).")]
 WaitOpt = Annotated[float | None, typer.Option(
     "--wait", min=0, metavar="SECONDS",
     help="How long to wait for another command writing the same index before giving up "
@@ -124,7 +128,7 @@ def index_build_command(
 
 @command(index_app, "add")
 def index_add_command(
-    index: IndexArg,
+    index: AnyIndexArg,
     sources: Annotated[list[Path], typer.Argument(
         metavar="SOURCE...", help="Photos, folders of photos, or dataset folders.")],
     bundle: BundleOpt = None,
@@ -132,13 +136,14 @@ def index_add_command(
     threads: ThreadsOpt = None,
     precision: PrecisionOpt = None,
     wait: WaitOpt = None,
+    credentials: CredentialsOpt = None,
 ) -> None:
     """Add photos (id = file stem; an existing id is replaced) to an index."""
     from ..runtime.indexing import add_to_index
     from .options import open_index
 
     model = load_model(bundle, threads, precision)
-    idx = open_index(index, model)
+    idx = open_index(index, model, credentials=credentials)
     idx.wait = wait
     with _writing(wait):
         rep = _with_progress(add_to_index, model, idx, sources, batch_size=batch)
@@ -149,14 +154,15 @@ def index_add_command(
 
 @command(index_app, "remove")
 def index_remove_command(
-    index: IndexArg,
+    index: AnyIndexArg,
     ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Photo ids to remove.")],
     wait: WaitOpt = None,
+    credentials: CredentialsOpt = None,
 ) -> None:
     """Remove photos from an index by id."""
     from .options import open_index
 
-    idx = open_index(index)
+    idx = open_index(index, credentials=credentials)
     idx.wait = wait
     with _writing(wait):
         missing = idx.remove(ids)
@@ -169,12 +175,45 @@ def index_remove_command(
 
 
 @command(index_app, "info")
-def index_info_command(index: IndexArg, as_json: JsonOpt = False) -> None:
+def index_info_command(index: AnyIndexArg, as_json: JsonOpt = False,
+                       credentials: CredentialsOpt = None) -> None:
     """Show an index's model, size and parameters."""
     from .options import open_index
 
-    info = open_index(index).info()
+    info = open_index(index, credentials=credentials).info()
     if as_json:
         emit_json(info)
     else:
         show_kv("index", info, console())
+
+
+@command(index_app, "push")
+def index_push_command(
+    index: IndexArg,
+    url: Annotated[str, typer.Argument(
+        metavar="URL", help="postgresql://user@host/db[?index=NAME] (default name mkt); "
+        "the password from MKT_DB_PASSWORD or --credentials, never in the URL.")],
+    credentials: CredentialsOpt = None,
+    m: Annotated[int, typer.Option("--M", min=2, max=100, metavar="N",
+                                   help="pgvector HNSW graph degree.")] = 16,
+    ef_construction: Annotated[int, typer.Option(
+        "--ef-construction", min=4, max=1000, metavar="N",
+        help="pgvector HNSW build breadth.")] = 64,
+) -> None:
+    """Copy a local index into PostgreSQL + pgvector (one table per index name, HNSW).
+
+    The old index of that name is replaced in one transaction: a failed push leaves it
+    intact. Then `--index URL` works with similar, search, serve, index add/remove.
+    """
+    from ..runtime.dburl import is_db_url
+    from ..runtime.errors import MktError
+    from ..runtime.pgindex import push_index
+    from .options import open_index
+
+    if not is_db_url(url) or not url.lower().startswith(("postgresql", "postgres")):
+        raise MktError(f"{url.split('@')[-1]}: not a postgresql:// URL")
+    src = open_index(index)
+    pg = push_index(src, url, credentials=credentials, M=m, ef_construction=ef_construction)
+    sys.stderr.write(f"mkt: pushed {pg.count} photos ({src.model_id}) to {pg.path} "
+                     f"index '{pg.name}' (version {pg.generation})\n")
+    pg.close()

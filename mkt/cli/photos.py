@@ -11,9 +11,10 @@ import typer
 
 from .errors import warn_line
 from .options import (
+    AnyIndexOpt,
     BatchOpt,
     BundleOpt,
-    IndexOpt,
+    CredentialsOpt,
     JsonOpt,
     PhotoArgs,
     PhotosRootOpt,
@@ -83,7 +84,8 @@ def similar_command(
     photos: PhotoArgs,
     k: Annotated[int, typer.Option("-k", "--top", min=1, metavar="N",
                                    help="How many results a photo.")] = 10,
-    index: IndexOpt = None,
+    index: AnyIndexOpt = None,
+    credentials: CredentialsOpt = None,
     bundle: BundleOpt = None,
     as_json: JsonOpt = False,
     ef: Annotated[int | None, typer.Option("--ef", min=1, metavar="N",
@@ -104,7 +106,7 @@ def similar_command(
     from ..runtime.batch import PhotoError, similar_photos
 
     model = load_model(bundle, threads, precision)
-    idx = open_index(index, model, ef)
+    idx = open_index(index, model, ef, credentials)
     rep = Reporter(as_json)
     con = None if as_json else console()
     resolver = None
