@@ -334,6 +334,10 @@ def _run_ray(model: Any, rows: list[dict[str, Any]], out: Path, *, address: str 
             raise MktError(f"ray: cannot start or join a cluster at "
                            f"{address or 'local'} ({e})") from None
         started = True
+    import logging
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # mkt reports progress itself
+    ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         threads = max(1, threads or 1)
