@@ -68,18 +68,24 @@ def test_photo_list_with_a_bad_photo(tmp_path: Path, bundle_dir: Path, dataset_d
 
 def test_ray_engine_matches_local(tmp_path: Path, bundle_dir: Path, dataset_dir: Path,
                                   local_vectors: Path) -> None:
+    """Ray Data reads a photo list itself, runs the bundle in an actor pool; the vectors are
+    the local engine's, the bad photo is an error row and the job carries on."""
     ray = pytest.importorskip("ray")
+
+    imgs = sorted((dataset_dir / "images").glob("*.jpg"))
+    (tmp_path / "bad.jpg").write_bytes(b"not a photo")
+    lst = tmp_path / "list.csv"  # one bad photo, given relative to the list's folder
+    lst.write_text("path\n" + "\n".join([str(p) for p in imgs] + ["bad.jpg"]) + "\n")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        out = tmp_path / "ray"
-        res = run("embed", str(dataset_dir), "--out", str(out), "--engine", "ray",
+        res = run("embed", str(lst), "--out", str(tmp_path / "ray_list"), "--engine", "ray",
                   "--batch-size", "4", "--bundle", str(bundle_dir), "--precision", "fp32")
-        assert res.exit_code == 0, res.stderr
+        assert res.exit_code == 1 and "bad.jpg" in res.stderr, res.stderr
     finally:
         ray.shutdown()
-    m = json.loads((out / "_manifest.json").read_text())
-    assert m["engine"] == "ray" and m["count"] == 26 and len(m["shards"]) >= 1
-    got, ref = _vectors(out), _vectors(local_vectors)
+    m = json.loads((tmp_path / "ray_list" / "_manifest.json").read_text())
+    assert m["engine"] == "ray" and m["count"] == 26 and m["errors"] == 1
+    ref, got = _vectors(local_vectors), _vectors(tmp_path / "ray_list")
     assert got.keys() == ref.keys()
     worst = max(float(np.abs(got[k] - ref[k]).max()) for k in ref)
     assert worst <= 1e-6, worst

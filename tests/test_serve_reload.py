@@ -92,7 +92,7 @@ def test_serve_picks_up_a_new_generation(tmp_path_factory: pytest.TempPathFactor
         stop.set()
         proc.terminate()
         try:
-            proc.wait(10)
+            proc.wait(3)
         except subprocess.TimeoutExpired:
             proc.kill()
 

@@ -288,6 +288,12 @@ def run_embed_job(
     _prepare_out(out, overwrite)
     t0 = time.perf_counter()
     errors: list[PhotoError] = []
+    if engine == "ray" and is_photo_list(source):
+        # Ray Data reads the list itself (no row passes through this process)
+        base = _check_list(source)
+        _run_ray(model, source, out, address=address, batch_size=batch_size, actors=actors,
+                 threads=threads_per_actor, base=base)
+        return _finish(model, source, out, engine, errors, time.perf_counter() - t0)
     rows = _dedupe(source_rows(source), errors)
     if not rows:
         raise MktError(f"{source}: no photos found")
@@ -311,18 +317,46 @@ def run_embed_job(
 class _EmbedActor:
     """One Ray actor: one onnxruntime session of the bundle, ``threads`` intra-op threads."""
 
-    def __init__(self, bundle: str, variant: str, threads: int, batch_size: int) -> None:
+    def __init__(self, bundle: str, variant: str, threads: int, batch_size: int,
+                 base: str | None = None) -> None:
         from .model import Model
 
         self.model = Model(bundle, variant=variant, threads=threads)
         self.batch_size = batch_size
+        self.base = base  # set when the rows come raw from a photo list
 
     def __call__(self, batch: Any) -> Any:
-        return embed_rows(self.model, batch.to_pylist(), self.batch_size)
+        rows = batch.to_pylist()
+        if self.base is not None:
+            rows = [normalise_row(r, self.base) for r in rows]
+        return embed_rows(self.model, rows, self.batch_size)
 
 
-def _run_ray(model: Any, rows: list[dict[str, Any]], out: Path, *, address: str | None,
-             batch_size: int, actors: int | None, threads: int | None) -> None:
+def _check_list(source: str | os.PathLike) -> str:
+    """A photo list's columns checked from its schema / first block only; returns the folder
+    relative paths are relative to."""
+    pq, pacsv = need("pyarrow.parquet"), need("pyarrow.csv")
+    src = os.fspath(source)
+    fs, p = _fs_and_path(src)
+    try:
+        if src.lower().endswith(".parquet"):
+            names = pq.read_schema(p, filesystem=fs).names
+        else:
+            with fs.open_input_stream(p) as f:
+                names = pacsv.open_csv(f).schema.names
+    except FileNotFoundError:
+        raise CatalogueError(f"{src}: no such file") from None
+    except Exception as e:
+        raise CatalogueError(f"{src}: cannot read the photo list ({e})") from None
+    if "path" not in names:
+        raise CatalogueError(f"{src}: needs a 'path' column (has {names})")
+    return src.rsplit("/", 1)[0] if "://" in src else str(Path(p).parent)
+
+
+def _run_ray(model: Any, rows: list[dict[str, Any]] | str | os.PathLike, out: Path, *,
+             address: str | None, batch_size: int, actors: int | None, threads: int | None,
+             base: str | None = None) -> None:
+    """``rows``: job rows, or a photo list's path/URI that Ray Data reads (then ``base``)."""
     ray = need("ray")
     need("ray.data")
     started = False
@@ -344,13 +378,20 @@ def _run_ray(model: Any, rows: list[dict[str, Any]], out: Path, *, address: str 
         # the read and write tasks need a CPU too: an actor pool holding every CPU starves
         # them (the job hangs), so by default one CPU stays free for them
         actors = max(1, actors or (cpus - 1) // threads)
-        # blocks of a few batches, so that every actor gets work even on small inputs
-        blocks = max(actors, -(-len(rows) // (batch_size * 4)))
-        ds = ray.data.from_items(rows, override_num_blocks=min(blocks, len(rows)))
+        if isinstance(rows, list):
+            # blocks of a few batches, so that every actor gets work even on small inputs
+            blocks = max(actors, -(-len(rows) // (batch_size * 4)))
+            ds = ray.data.from_items(rows, override_num_blocks=min(blocks, len(rows)))
+        else:
+            src = os.fspath(rows)
+            read = ray.data.read_parquet if src.lower().endswith(".parquet") \
+                else ray.data.read_csv
+            ds = read(src if "://" in src else os.path.abspath(src))
         ds = ds.map_batches(
             _EmbedActor,
             fn_constructor_kwargs={"bundle": str(model.bundle.path), "variant": model.variant,
-                                   "threads": threads, "batch_size": batch_size},
+                                   "threads": threads, "batch_size": batch_size,
+                                   "base": base},
             batch_size=batch_size * 4, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads)
         ds.write_parquet(str(out))
@@ -365,14 +406,21 @@ def _finish(model: Any, source: Any, out: Path, engine: str, errors: list[PhotoE
     pq = need("pyarrow.parquet")
     shards = sorted(p.name for p in out.glob("*.parquet"))
     count = 0
+    seen: set[str] = set()
     for name in shards:
-        t = pq.read_table(out / name, columns=["path", "error"])
-        for path, e in zip(t.column("path").to_pylist(), t.column("error").to_pylist(),
-                           strict=True):
-            if e is None:
-                count += 1
-            else:
+        t = pq.read_table(out / name, columns=["id", "path", "error"])
+        for pid, path, e in zip(t.column("id").to_pylist(), t.column("path").to_pylist(),
+                                t.column("error").to_pylist(), strict=True):
+            if e is not None:
                 errors.append(PhotoError(path, e))
+            elif pid in seen:  # a list read by Ray is not de-duplicated before the job
+                errors.append(PhotoError(path, f"{path}: duplicate photo id '{pid}', "
+                                               "skipped"))
+            else:
+                seen.add(pid)
+                count += 1
+    if count == 0 and not errors:
+        raise MktError(f"{source}: no photos found")
     manifest = {
         "format": FORMAT, "model_id": model.model_id, "dim": model.embedding_dim,
         "text_dim": _text_dim(model), "precision": model.variant, "count": count,
