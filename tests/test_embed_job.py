@@ -98,6 +98,13 @@ def test_index_build_from_vectors(tmp_path: Path, bundle_dir: Path, local_vector
               str(bundle_dir), "--precision", "fp32")
     assert res.exit_code == 0, res.stderr
     assert "precomputed" in res.stderr
+    # the same index, file for file, as one built from the photos themselves
+    ref = tmp_path / "ref"
+    res = run("index", "build", str(dataset_dir), "--out", str(ref), "--bundle",
+              str(bundle_dir), "--precision", "fp32")
+    assert res.exit_code == 0, res.stderr
+    files = [json.loads((d / "index.json").read_text())["files"] for d in (idx, ref)]
+    assert files[0] == files[1]
     photo = sorted((dataset_dir / "images").glob("*.jpg"))[0]
     res = run("similar", str(photo), "--index", str(idx), "--bundle", str(bundle_dir),
               "--precision", "fp32", "--json", "-k", "1")

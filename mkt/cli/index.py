@@ -214,6 +214,6 @@ def index_push_command(
         raise MktError(f"{url.split('@')[-1]}: not a postgresql:// URL")
     src = open_index(index)
     pg = push_index(src, url, credentials=credentials, M=m, ef_construction=ef_construction)
-    sys.stderr.write(f"mkt: pushed {pg.count} photos ({src.model_id}) to {pg.path} "
-                     f"index '{pg.name}' (version {pg.generation})\n")
+    sys.stderr.write(f"mkt: pushed {pg.count} photos (model {src.model_id}) to index "
+                     f"'{pg.name}' at {pg.path.split(' (index')[0]}, version {pg.generation}\n")
     pg.close()
