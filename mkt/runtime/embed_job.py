@@ -400,6 +400,13 @@ def _run_ray(model: Any, rows: list[dict[str, Any]] | str | os.PathLike, out: Pa
             ray.shutdown()
 
 
+def _shown(source: Any) -> str:
+    """The source as recorded: a database URL without its password."""
+    from .dburl import is_db_url, redact
+
+    return redact(str(source)) if is_db_url(source) else str(source)
+
+
 def _finish(model: Any, source: Any, out: Path, engine: str, errors: list[PhotoError],
             seconds: float) -> EmbedReport:
     """Count rows and errors from the shards themselves and write the manifest (last)."""
@@ -424,7 +431,7 @@ def _finish(model: Any, source: Any, out: Path, engine: str, errors: list[PhotoE
     manifest = {
         "format": FORMAT, "model_id": model.model_id, "dim": model.embedding_dim,
         "text_dim": _text_dim(model), "precision": model.variant, "count": count,
-        "errors": len(errors), "engine": engine, "source": str(source),
+        "errors": len(errors), "engine": engine, "source": _shown(source),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(seconds, 2), "shards": shards,
         "error_list": [e.to_dict() for e in errors[:MAX_LISTED_ERRORS]],
