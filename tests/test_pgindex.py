@@ -118,3 +118,30 @@ def test_refusals_are_one_line(postgres: Any, pg_url: str, make_bundle: Any,
     res = run("similar", photo, "--index", pg_url)
     assert res.exit_code == 2 and "cannot connect" in res.stderr
     assert "wrong-password-xyz" not in res.stderr and postgres.password not in res.stderr
+
+
+def test_failed_push_leaves_the_old_index(postgres: Any, pg_url: str, local_index: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real failure half-way: a reader holds the old table, the push cannot drop it within
+    its lock_timeout; everything it did is rolled back."""
+    from mkt.runtime.pgindex import connect
+
+    before = jlines(run("index", "info", pg_url, "--json").stdout)[0]
+    conn, _, _ = connect(pg_url)
+    conn.autocommit = False
+    with conn.cursor() as cur:  # a transaction reading the table keeps its lock until rollback
+        cur.execute("SELECT count(*) FROM mkt_shop_photos")
+    monkeypatch.setenv("PGOPTIONS", "-c lock_timeout=300")
+    try:
+        res = run("index", "push", str(local_index), pg_url)
+    finally:
+        conn.rollback()
+        conn.close()
+    assert res.exit_code == 2 and "previous index is unchanged" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    monkeypatch.delenv("PGOPTIONS")
+    after = jlines(run("index", "info", pg_url, "--json").stdout)[0]
+    assert after["count"] == before["count"] == 26 and after["version"] == before["version"]
+    tables = postgres.psql("SELECT tablename FROM pg_tables WHERE tablename LIKE 'mkt_shop%' "
+                           "ORDER BY 1", database="scale_idx")
+    assert tables == "[('mkt_shop_listings',), ('mkt_shop_photos',)]", tables
