@@ -145,3 +145,20 @@ def test_failed_push_leaves_the_old_index(postgres: Any, pg_url: str, local_inde
     tables = postgres.psql("SELECT tablename FROM pg_tables WHERE tablename LIKE 'mkt_shop%' "
                            "ORDER BY 1", database="scale_idx")
     assert tables == "[('mkt_shop_listings',), ('mkt_shop_photos',)]", tables
+
+
+def test_serve_on_pgvector(pg_url: str, bundle_dir: Path, fixture_photos: list[Path]) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from mkt.serve import create_app
+
+    with TestClient(create_app(bundle_dir, pg_url)) as c:
+        h = c.get("/health").json()
+        assert h["index"]["count"] == 26 and h["index"]["model_id"] == h["model_id"]
+        r = c.post("/similar", params={"k": 3},
+                   files={"file": ("q.jpg", fixture_photos[0].read_bytes(), "image/jpeg")})
+        assert r.status_code == 200, r.text
+        assert len(r.json()["results"]) == 3
+        r = c.post("/search", json={"query": "sofa", "k": 3})
+        assert r.status_code == 200 and r.json()["results"], r.text
