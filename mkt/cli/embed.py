@@ -33,7 +33,8 @@ def embed_command(
                                             help="Photos per inference.")] = 32,
     actors: Annotated[int | None, typer.Option(
         "--actors", min=1, metavar="N",
-        help="Ray actors (one model session each; default: cluster CPUs / --threads).")] = None,
+        help="Ray actors (one model session each; default: (cluster CPUs - 1) / "
+             "--threads, one CPU left for Ray's read/write tasks).")] = None,
     bundle: BundleOpt = None,
     threads: ThreadsOpt = None,
     precision: PrecisionOpt = None,
