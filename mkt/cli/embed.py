@@ -22,8 +22,9 @@ def embed_command(
     source: Annotated[str, typer.Argument(
         metavar="SOURCE", help="Dataset folder, folder of photos, or a .parquet/.csv photo "
         "list (column path; optional id, product_id, title, price, ...; local or a URI).")],
-    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR",
-                                      help="Vectors directory to write (Parquet shards).")],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", metavar="DIR", help="Vectors directory to write (Parquet shards); "
+        "with --address, a folder every node of the cluster sees (shared mount).")],
     engine: Annotated[str, typer.Option("--engine", metavar="local|ray",
                                         help="Where the model runs.")] = "local",
     address: Annotated[str | None, typer.Option(
