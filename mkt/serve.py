@@ -76,6 +76,8 @@ MAX_INFLIGHT = 8
 
 #: Seconds a client has to send a whole upload body (else 408, connection closed).
 BODY_TIMEOUT = 30.0
+#: seconds between two looks for a newer local index generation (one small file read)
+RELOAD_CHECK_S = 1.0
 
 #: Seconds a client has to send a request's headers (else the connection is closed).
 HEADER_TIMEOUT = 10.0
@@ -400,6 +402,8 @@ class _State:
         self.index_error: str | None = None
         self.lock = threading.Lock()
         self.search_lock = threading.Lock()
+        self.reload_lock = threading.Lock()
+        self.checked = 0.0  # time.monotonic() of the last look for a newer index generation
 
 
 def create_app(
@@ -414,6 +418,7 @@ def create_app(
     max_inflight: int = MAX_INFLIGHT,
     body_timeout: float = BODY_TIMEOUT,
     precision: str | None = None,
+    credentials: str | os.PathLike | None = None,
 ) -> FastAPI:
     """Build the FastAPI app.
 
@@ -424,6 +429,9 @@ def create_app(
     :class:`MktError`) instead of at startup, so a command line can fail before serving.
     ``max_inflight`` / ``body_timeout``: see :class:`UploadGuard` (docs/reliability.md).
     ``precision``: ``auto`` (default: the faster of int8/fp32 on this CPU), ``int8``, ``fp32``.
+    ``index`` may be a ``postgresql://`` URL (a shared pgvector index; ``credentials``: its
+    YAML file, else ``MKT_DB_PASSWORD``). A local index is followed: a generation committed
+    by ``mkt index add/remove`` is served within :data:`RELOAD_CHECK_S` seconds.
     """
     st = _State()
     st.model = model
@@ -436,10 +444,17 @@ def create_app(
 
                 st.model = Model(bundle, threads=threads, variant=precision)
             if st.index is None and st.index_error is None:
+                from .runtime.dburl import is_db_url
                 from .runtime.index import Index
 
                 try:
-                    st.index = Index.open(index, model_id=st.model.model_id)
+                    if index is not None and is_db_url(index):
+                        from .runtime.pgindex import PgIndex
+
+                        st.index = PgIndex.open(str(index), credentials=credentials,
+                                                model_id=st.model.model_id)
+                    else:
+                        st.index = Index.open(index, model_id=st.model.model_id)
                 except MktIndexError as e:
                     if index is not None:
                         raise
@@ -542,7 +557,28 @@ def create_app(
         s = ready()
         if s.index is None:
             raise HTTPException(503, f"no index loaded: {s.index_error or 'not configured'}")
+        follow_index(s)
         return s.index
+
+    def follow_index(s: _State) -> None:
+        """At most every RELOAD_CHECK_S, one request looks at index.json (one small read) and,
+        if a writer committed a new generation, opens it and swaps it in; the others go on
+        with the index they hold meanwhile (never blocked, never an error)."""
+        now = time.monotonic()
+        if now - s.checked < RELOAD_CHECK_S or not hasattr(s.index, "latest"):
+            return
+        if not s.reload_lock.acquire(blocking=False):
+            return
+        try:
+            s.checked = now
+            fresh = s.index.latest()
+            if fresh is not s.index:
+                s.index = fresh  # the old one is closed by GC once its searches are done
+        except MktError as e:  # a broken new generation: keep serving the one we have
+            logging.getLogger("mkt.serve").warning("index reload failed, serving generation %s: %s",
+                        s.index.generation, e)
+        finally:
+            s.reload_lock.release()
 
     class _Locked:
         """The index, searched under the lock (hnswlib searches are serialised)."""

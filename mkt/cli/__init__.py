@@ -3,7 +3,8 @@
 One module a command group, each with a ``register(app)`` that adds its commands:
 
 - :mod:`.photos`: ``classify``, ``similar``; :mod:`.search`: ``search``;
-  :mod:`.index`: ``index build|add|remove|info``;
+  :mod:`.index`: ``index build|add|remove|info|push``;
+  :mod:`.embed`: ``embed`` (batch embedding to Parquet, local or Ray: ``scale`` extra);
   :mod:`.info`: ``info``; :mod:`.example`: ``example`` (the packaged example photos);
   :mod:`.market`: ``price``, ``dupes``; :mod:`.bench`: ``bench``;
   :mod:`.serve`: ``serve`` (``serve`` extra); :mod:`.train`: ``data``, ``train``,
@@ -35,8 +36,8 @@ from .options import new_app
 
 #: The command modules, in the order their commands are listed.
 COMMAND_MODULES = (
-    "photos", "search", "market", "index", "info", "example", "bench", "serve", "train",
-    "export",
+    "photos", "search", "market", "index", "embed", "info", "example", "bench", "serve",
+    "train", "export",
 )
 
 #: Which module registers each top-level command: ``mkt classify ...`` builds only the photos
@@ -45,7 +46,7 @@ COMMAND_MODULES = (
 #: runs). tests/test_cli_lazy.py checks this table against the full app.
 COMMAND_OWNERS = {
     "classify": "photos", "similar": "photos", "search": "search", "price": "market",
-    "dupes": "market", "index": "index", "info": "info", "example": "example",
+    "dupes": "market", "index": "index", "embed": "embed", "info": "info", "example": "example",
     "bench": "bench", "serve": "serve", "data": "train", "train": "train",
     "evaluate": "train", "export": "export",
 }

@@ -9,9 +9,12 @@ from typing import Annotated, Any
 
 import typer
 
+from .options import CredentialsOpt
+
 SourceArg = Annotated[str, typer.Argument(
     metavar="SOURCE",
-    help="Dataset folder (Products.csv, Images.csv, images/), a folder of photos, or a "
+    help="Dataset folder (Products.csv, Images.csv, images/), a folder of photos, a vectors "
+         "directory written by `mkt embed` (build only: no second model pass), or a "
          "database URL (postgresql+psycopg://user@host/db, sqlite:///listings.db, "
          "mysql+pymysql://...; password from MKT_DB_PASSWORD or --credentials).")]
 ProductsTableOpt = Annotated[str, typer.Option(
@@ -23,9 +26,6 @@ PhotosDirOpt = Annotated[Path | None, typer.Option(
 PathColumnOpt = Annotated[str | None, typer.Option(
     "--path-column", metavar="COLUMN",
     help="Column of the images table with each photo's path (relative to --photos).")]
-CredentialsOpt = Annotated[Path | None, typer.Option(
-    "--credentials", metavar="FILE",
-    help="YAML file with host, port, user, password, database (instead of MKT_DB_PASSWORD).")]
 
 
 def source_options(products_table: str, images_table: str, photos: Path | None,

@@ -13,7 +13,6 @@ from typing import Annotated, Any
 import typer
 
 from .dbopts import (
-    CredentialsOpt,
     ImagesTableOpt,
     PathColumnOpt,
     PhotosDirOpt,
@@ -25,6 +24,7 @@ from .errors import err_line
 from .options import (
     BatchOpt,
     BundleOpt,
+    CredentialsOpt,
     JsonOpt,
     PrecisionOpt,
     ThreadsOpt,
@@ -37,6 +37,9 @@ from .output import ProgressBar, console, emit_json, show_kv
 index_app = new_app(help="Build and maintain similarity indexes (hnswlib + sqlite).")
 
 IndexArg = Annotated[Path, typer.Argument(help="Index directory.", metavar="INDEX")]
+AnyIndexArg = Annotated[str, typer.Argument(
+    metavar="INDEX", help="Index directory, or postgresql://user@host/db[?index=NAME] (a "
+    "shared pgvector index; password from MKT_DB_PASSWORD or --credentials).")]
 WaitOpt = Annotated[float | None, typer.Option(
     "--wait", min=0, metavar="SECONDS",
     help="How long to wait for another command writing the same index before giving up "
@@ -107,10 +110,23 @@ def index_build_command(
     if (out / INDEX_JSON).exists() and not force:  # before loading the model
         raise MktError(f"{out}: an index already exists (use --force, or `mkt index add`)")
     model = load_model(bundle, threads, precision)
+    cmdline = _command_line()
+    from ..runtime.embed_job import is_vectors_dir
+
+    if is_vectors_dir(source):  # `mkt embed` output: no second model pass
+        from ..runtime.embed_job import build_index_from_vectors
+
+        with _writing(wait):
+            idx = build_index_from_vectors(model, source, out, M=m,
+                                           ef_construction=ef_construction, ef=ef,
+                                           overwrite=force, command=cmdline)
+        sys.stderr.write(f"mkt: indexed {idx.count} precomputed vectors into {out} (model "
+                         f"{idx.model_id}, generation {idx.generation})\n")
+        return
     with _writing(wait):
         rep = _with_progress(build_index, model, source, out, M=m,
                              ef_construction=ef_construction, ef=ef, overwrite=force,
-                             batch_size=batch, command=_command_line(),
+                             batch_size=batch, command=cmdline,
                              source_options=source_options(products_table, images_table,
                                                            photos, path_column, credentials))
     idx = rep.index
@@ -122,7 +138,7 @@ def index_build_command(
 
 @command(index_app, "add")
 def index_add_command(
-    index: IndexArg,
+    index: AnyIndexArg,
     sources: Annotated[list[Path], typer.Argument(
         metavar="SOURCE...", help="Photos, folders of photos, or dataset folders.")],
     bundle: BundleOpt = None,
@@ -130,13 +146,14 @@ def index_add_command(
     threads: ThreadsOpt = None,
     precision: PrecisionOpt = None,
     wait: WaitOpt = None,
+    credentials: CredentialsOpt = None,
 ) -> None:
     """Add photos (id = file stem; an existing id is replaced) to an index."""
     from ..runtime.indexing import add_to_index
     from .options import open_index
 
     model = load_model(bundle, threads, precision)
-    idx = open_index(index, model)
+    idx = open_index(index, model, credentials=credentials)
     idx.wait = wait
     with _writing(wait):
         rep = _with_progress(add_to_index, model, idx, sources, batch_size=batch)
@@ -147,14 +164,15 @@ def index_add_command(
 
 @command(index_app, "remove")
 def index_remove_command(
-    index: IndexArg,
+    index: AnyIndexArg,
     ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Photo ids to remove.")],
     wait: WaitOpt = None,
+    credentials: CredentialsOpt = None,
 ) -> None:
     """Remove photos from an index by id."""
     from .options import open_index
 
-    idx = open_index(index)
+    idx = open_index(index, credentials=credentials)
     idx.wait = wait
     with _writing(wait):
         missing = idx.remove(ids)
@@ -167,11 +185,12 @@ def index_remove_command(
 
 
 @command(index_app, "info")
-def index_info_command(index: IndexArg, as_json: JsonOpt = False) -> None:
+def index_info_command(index: AnyIndexArg, as_json: JsonOpt = False,
+                       credentials: CredentialsOpt = None) -> None:
     """Show an index's model, size and parameters."""
     from .options import open_index
 
-    info = open_index(index).info()
+    info = open_index(index, credentials=credentials).info()
     if as_json:
         emit_json(info)
     else:
@@ -224,3 +243,35 @@ def index_sync_command(
             f"{rep.seconds:.1f} s\n")
     if rep.errors:
         raise typer.Exit(1)
+
+
+@command(index_app, "push")
+def index_push_command(
+    index: IndexArg,
+    url: Annotated[str, typer.Argument(
+        metavar="URL", help="postgresql://user@host/db[?index=NAME] (default name mkt); "
+        "the password from MKT_DB_PASSWORD or --credentials, never in the URL.")],
+    credentials: CredentialsOpt = None,
+    m: Annotated[int, typer.Option("--M", min=2, max=100, metavar="N",
+                                   help="pgvector HNSW graph degree.")] = 16,
+    ef_construction: Annotated[int, typer.Option(
+        "--ef-construction", min=4, max=1000, metavar="N",
+        help="pgvector HNSW build breadth.")] = 64,
+) -> None:
+    """Copy a local index into PostgreSQL + pgvector (one table per index name, HNSW).
+
+    The old index of that name is replaced in one transaction: a failed push leaves it
+    intact. Then `--index URL` works with similar, search, serve, index add/remove.
+    """
+    from ..runtime.dburl import is_db_url
+    from ..runtime.errors import MktError
+    from ..runtime.pgindex import push_index
+    from .options import open_index
+
+    if not is_db_url(url) or not url.lower().startswith(("postgresql", "postgres")):
+        raise MktError(f"{url.split('@')[-1]}: not a postgresql:// URL")
+    src = open_index(index)
+    pg = push_index(src, url, credentials=credentials, M=m, ef_construction=ef_construction)
+    sys.stderr.write(f"mkt: pushed {pg.count} photos (model {src.model_id}) to index "
+                     f"'{pg.name}' at {pg.path.split(' (index')[0]}, version {pg.generation}\n")
+    pg.close()

@@ -25,6 +25,19 @@ IndexOpt = Annotated[
     typer.Option("--index", metavar="DIR",
                  help="Index dir (default: the packaged catalogue index)."),
 ]
+AnyIndexOpt = Annotated[
+    str | None,
+    typer.Option("--index", metavar="DIR|URL",
+                 help="Index dir, or a shared index in PostgreSQL (postgresql://user@host/db"
+                 "[?index=NAME]; password from MKT_DB_PASSWORD or --credentials). Default: "
+                 "the packaged catalogue index."),
+]
+CredentialsOpt = Annotated[
+    Path | None,
+    typer.Option("--credentials", metavar="FILE.yaml",
+                 help="Database credentials YAML (host, port, user, password, database), "
+                 "instead of MKT_DB_PASSWORD; never put a password in the URL."),
+]
 PrecisionOpt = Annotated[
     str | None,
     typer.Option("--precision", metavar="auto|int8|fp32",
@@ -209,18 +222,30 @@ def load_model(bundle: Path | None, threads: int | None = None,
     return Model(bundle, threads=threads, variant=precision, backend=backend)
 
 
-def open_index(index: Path | None, model: Any = None, ef: int | None = None) -> Any:
-    """Open ``index`` (default: the packaged one), refusing one of another model."""
-    from ..runtime.index import Index
+def open_index(index: str | Path | None, model: Any = None, ef: int | None = None,
+               credentials: Path | None = None) -> Any:
+    """Open ``index`` (default: the packaged one; a ``postgresql://`` URL: the shared
+    pgvector index), refusing one of another model."""
+    from ..runtime.dburl import is_db_url
 
-    idx = Index.open(index, model_id=None if model is None else model.model_id)
+    model_id = None if model is None else model.model_id
+    if index is not None and is_db_url(index):
+        from ..runtime.pgindex import PgIndex
+
+        idx = PgIndex.open(str(index), credentials=credentials, model_id=model_id)
+    else:
+        from ..runtime.index import Index
+
+        idx = Index.open(None if index is None else Path(index), model_id=model_id)
     if ef:
         idx.set_ef(ef)
     return idx
 
 
 __all__ = [
+    "AnyIndexOpt",
     "BatchOpt",
+    "CredentialsOpt",
     "BundleOpt",
     "IndexOpt",
     "JsonOpt",

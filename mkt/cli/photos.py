@@ -12,10 +12,11 @@ import typer
 from .errors import warn_line
 from .nearopts import NearOpt, WithinOpt, near_options
 from .options import (
+    AnyIndexOpt,
     BackendOpt,
     BatchOpt,
     BundleOpt,
-    IndexOpt,
+    CredentialsOpt,
     JsonOpt,
     PhotoArgs,
     PhotosRootOpt,
@@ -50,7 +51,8 @@ def classify_command(
         "--votes", help="The categories of the 25 nearest catalogue photos (--index, default "
                         "the packaged one) vote too: about 3 points more accurate on val, and "
                         "it loads the index.")] = False,
-    index: IndexOpt = None,
+    index: AnyIndexOpt = None,
+    credentials: CredentialsOpt = None,
     as_json: JsonOpt = False,
     bundle: BundleOpt = None,
     threads: ThreadsOpt = None,
@@ -71,7 +73,7 @@ def classify_command(
     if votes:
         from ..runtime.votes import NeighbourVotes
 
-        voter = NeighbourVotes(open_index(index, model), model.labels)
+        voter = NeighbourVotes(open_index(index, model, None, credentials), model.labels)
     n_labels = len(model.labels)
     if k > n_labels:
         warn_line(f"-k {k}: the model has {n_labels} categories; showing all {n_labels}")
@@ -101,7 +103,8 @@ def similar_command(
     photos: PhotoArgs,
     k: Annotated[int, typer.Option("-k", "--top", min=1, metavar="N",
                                    help="How many results a photo.")] = 10,
-    index: IndexOpt = None,
+    index: AnyIndexOpt = None,
+    credentials: CredentialsOpt = None,
     bundle: BundleOpt = None,
     as_json: JsonOpt = False,
     ef: Annotated[int | None, typer.Option("--ef", min=1, metavar="N",
@@ -126,7 +129,7 @@ def similar_command(
 
     place, within_km = near_options(near, within)
     model = load_model(bundle, threads, precision, backend)
-    idx = open_index(index, model, ef)
+    idx = open_index(index, model, ef, credentials)
     rep = Reporter(as_json)
     con = None if as_json else console()
     resolver = None

@@ -9,7 +9,16 @@ from typing import Annotated, Any
 import typer
 
 from .nearopts import NearOpt, WithinOpt, near_options
-from .options import BundleOpt, IndexOpt, JsonOpt, PhotosRootOpt, ThreadsOpt, command
+from .options import (
+    AnyIndexOpt,
+    BundleOpt,
+    CredentialsOpt,
+    JsonOpt,
+    PhotosRootOpt,
+    ThreadsOpt,
+    command,
+    open_index,
+)
 from .output import Reporter, console, emit_json, esc, money, write_html
 
 
@@ -22,7 +31,8 @@ def search_command(
         metavar="QUERY...", help="One or more text queries (quote each), answered in order.")],
     k: Annotated[int, typer.Option("-k", "--top", min=1, max=1000, metavar="N",
                                    help="How many listings a query.")] = 10,
-    index: IndexOpt = None,
+    index: AnyIndexOpt = None,
+    credentials: CredentialsOpt = None,
     bundle: BundleOpt = None,
     as_json: JsonOpt = False,
     threads: ThreadsOpt = None,
@@ -36,14 +46,13 @@ def search_command(
     """Search listings by words: title and description words (BM25), meaning (the text
     encoder) and photos (the image model's text head), fused by reciprocal rank."""
     from ..runtime.bundle import load_bundle
-    from ..runtime.index import Index
     from ..runtime.search import QueryError, search_each
     from ..runtime.text import TextEncoder
     from .errors import warn_line
 
     place, within_km = near_options(near, within)
     b = load_bundle(bundle)
-    idx = Index.open(index, model_id=b.model_id)
+    idx = open_index(index, b, credentials=credentials)
     encoder = TextEncoder.from_bundle(b, threads=threads)
     rep = Reporter(as_json)
     results, failures, truncated = [], [], False

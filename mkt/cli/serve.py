@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .errors import fail, require_extra, warn_line
-from .options import BundleOpt, IndexOpt, PrecisionOpt, ThreadsOpt, command
+from .options import AnyIndexOpt, BundleOpt, CredentialsOpt, PrecisionOpt, ThreadsOpt, command
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -24,7 +24,8 @@ def serve_command(
     port: Annotated[int, typer.Option("--port", min=0, max=65535, metavar="N",
                                       help="TCP port.")] = 8000,
     bundle: BundleOpt = None,
-    index: IndexOpt = None,
+    index: AnyIndexOpt = None,
+    credentials: CredentialsOpt = None,
     threads: ThreadsOpt = None,
     precision: PrecisionOpt = None,
     max_upload_mb: Annotated[float, typer.Option(
@@ -67,7 +68,7 @@ def serve_command(
     app = create_app(bundle=bundle, index=index, threads=threads,
                      max_upload_bytes=int(max_upload_mb * 1024 * 1024), eager=True,
                      max_inflight=max_inflight, body_timeout=body_timeout,
-                     precision=precision)
+                     precision=precision, credentials=credentials)
     run_server(app, host, port, max_connections=max_connections,
                header_timeout=header_timeout, keep_alive=keep_alive, log_level=log_level,
                access_log=access_log)

@@ -1296,6 +1296,17 @@ class Index:
             return False
         return info["generation"] == self.generation and info["files"] == self._info["files"]
 
+    def latest(self) -> Index:
+        """This index if it is still the current generation, else a new :class:`Index` of
+        the one a writer committed since (verified, same model; this object is left as it
+        was, so searches in flight on it finish). For long-running readers: a server
+        follows ``mkt index add`` without a restart."""
+        if self._on_latest():
+            return self
+        fresh = Index.open(self.path, model_id=self.model_id)
+        fresh.set_ef(self.ef)
+        return fresh
+
     def _catch_up(self) -> None:
         """Under the writer lock: if another writer committed since this object was loaded,
         load the latest generation (verified) so our change goes on top of it."""

@@ -126,6 +126,8 @@ def available_paths(index: Index) -> tuple[str, ...]:
     """The search paths this index can answer: lexical needs listing text, semantic listing
     vectors, crossmodal photo text vectors. :class:`MktIndexError` for an index built before
     text search, or one with none of them."""
+    if hasattr(index, "text_paths"):  # a database index (pgindex) counts in SQL
+        return tuple(index.text_paths())
     if not index.has_text:
         raise MktIndexError(f"{index.path}: {NO_TEXT_MSG}")
     v = _view(index)
@@ -149,8 +151,10 @@ def path_rankings(index: Index, qvec: np.ndarray, text: str, depth: int = 100,
     """Each path's ranked listings for one query: ``{path: [(listing key, best photo id or
     None), ...]}``. Listing key = product_id, or ``"\\0<photo id>"`` for a photo without
     one."""
-    v = _view(index)
     paths = tuple(paths) if paths is not None else available_paths(index)
+    if hasattr(index, "rank_paths"):  # a database index (pgindex) ranks each path in SQL
+        return index.rank_paths(qvec, text, depth, paths)
+    v = _view(index)
     out: dict[str, list[tuple[str, str | None]]] = {}
     if "lexical" in paths:
         m = fts_query(text)
