@@ -49,8 +49,8 @@ def classify_command(
              "fusion; needs a bundle with a text encoder).")] = None,
     votes: Annotated[bool, typer.Option(
         "--votes", help="The categories of the 25 nearest catalogue photos (--index, default "
-                        "the packaged one) vote too: about 3 points more accurate on val, and "
-                        "it loads the index.")] = False,
+                        "the packaged one) vote too: about 2 points more accurate (test split), "
+                        "and it loads the index.")] = False,
     index: AnyIndexOpt = None,
     credentials: CredentialsOpt = None,
     as_json: JsonOpt = False,

@@ -262,6 +262,16 @@ def _far(model: Any, hits: Sequence[Any]) -> bool:
     return bool(cal.neighbour_uncertain(hits[0].score if hits else None))
 
 
+def unlike_photos(model: Any, batch: Batch, vecs: np.ndarray) -> np.ndarray:
+    """``bool [n_good]``: photos that do not look like catalogue photos at all (pixel bounds,
+    distance to the reference centroids; the confidence floor is the classifier's and does
+    not apply). Why: an embedding can land near *some* catalogue photo even for noise."""
+    cal = getattr(model, "calibration", None)
+    if cal is None or not len(vecs):
+        return np.zeros(len(vecs), bool)
+    return cal.flags(np.ones((len(vecs), 1), np.float32), vecs, batch.arrays())
+
+
 def similar_photos(
     model: Any,
     index: Any,
@@ -290,13 +300,15 @@ def similar_photos(
     for batch, vecs in embed_batches(model, photos, batch_size, names=names):
         found = iter(index.search(vecs, depth) if len(vecs) else [])
         rows = iter(vecs)
+        odd = iter(unlike_photos(model, batch, vecs))
         for it in batch.items:
             if not it.ok:
                 yield it.failure()
                 continue
             hits = next(found)
             vec = next(rows)
-            far = _far(model, hits)
+            unlike = bool(next(odd))  # consumed for every good photo, never short-circuited
+            far = _far(model, hits) or unlike
             if near is not None:
                 r = _near_result(index, encoder, it.name, vec, text, k, near, within_km)
                 r.uncertain = far

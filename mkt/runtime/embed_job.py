@@ -524,7 +524,7 @@ def build_index_from_vectors(
     *,
     M: int = 16,
     ef_construction: int = 200,
-    ef: int = 64,
+    ef: int = 128,
     overwrite: bool = False,
     command: str | None = None,
 ) -> Any:

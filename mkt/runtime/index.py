@@ -628,7 +628,7 @@ class Index:
         dim: int,
         M: int = 16,
         ef_construction: int = 200,
-        ef: int = 64,
+        ef: int = 128,
         overwrite: bool = False,
         ids: Sequence[str] | None = None,
         vectors: np.ndarray | None = None,

@@ -128,7 +128,7 @@ def build_index(
     *,
     M: int = 16,
     ef_construction: int = 200,
-    ef: int = 64,
+    ef: int = 128,
     overwrite: bool = False,
     batch_size: int = DEFAULT_BATCH,
     command: str | None = None,

@@ -289,7 +289,7 @@ def suggest_price(
     and they vote by a weighted mean of log prices, with ``alpha``, ``k`` and the temperature
     fitted on val (the bundle's ``fusion.npz``; :mod:`mkt.runtime.fusion`). Needs a bundle
     with a text encoder and an index built with listing text."""
-    from .batch import embed_batches
+    from .batch import embed_batches, unlike_photos
 
     fused = _title_pricer(model, index, title) if title is not None else None
     if fused is not None:
@@ -308,7 +308,7 @@ def suggest_price(
     cal = getattr(model, "calibration", None)
 
     def suggest(hits: Sequence[Any], vec: np.ndarray, path: str, paths: list[str] | None,
-                ids: set[str], products: set[str]) -> PriceSuggestion:
+                ids: set[str], products: set[str], unlike: bool = False) -> PriceSuggestion:
         if fused is not None:
             fusion, tvec, cat = fused
             hits = cat.hits(fusion, vec, tvec, k, exclude_products=products)
@@ -317,17 +317,20 @@ def suggest_price(
         if cal is not None and fused is None:
             s.uncertain = bool(cal.neighbour_uncertain(
                 s.neighbours[0].score if s.neighbours else None))
+        s.uncertain = bool(s.uncertain or unlike)
         return s
 
     for batch, vecs in embed_batches(model, photos, batch_size, names=names):
         need_hits = fused is None or exclude_self
         found = iter(index.search(vecs, nq) if len(vecs) and need_hits else [])
         good = iter(vecs)
+        odd = iter(unlike_photos(model, batch, vecs))
         for it in batch.items:
             if not it.ok:
                 yield it.failure()
                 continue
             vec = next(good)
+            unlike = bool(next(odd))
             hits = next(found) if need_hits else []
             if exclude_self:
                 ids, products = self_exclusions(it.name, hits, index)
@@ -340,7 +343,7 @@ def suggest_price(
                 ex_ids |= ids
                 ex_products |= products
                 continue
-            yield suggest(hits, vec, it.name, None, ids, products)
+            yield suggest(hits, vec, it.name, None, ids, products, unlike)
     if listing and pooled:
         if fused is not None:
             m = np.mean(pooled_vecs, axis=0)
