@@ -552,17 +552,13 @@ def build_index_from_vectors(
         provenance["command"] = command
     root = Path(str(m.get("source")))
     root = root if root.is_dir() else None
-    meta = []
-    for r in v.meta:
-        row = {k: r.get(k) for k in ("product_id", *LISTING_FIELDS)}
-        p = Path(r["path"])
-        if root is not None:
-            try:
-                p = p.resolve().relative_to(root.resolve())
-            except ValueError:
-                pass
-        row["path"] = p.as_posix()
-        meta.append(row)
+    # the same rows an index built from the photos gets (place, file signature): PhotoItem.meta
+    from .catalogue import PhotoItem, with_places
+
+    items = with_places(PhotoItem(id=i, path=Path(r["path"]), product_id=r.get("product_id"),
+                                  **{k: r.get(k) for k in LISTING_FIELDS})
+                        for i, r in zip(v.ids, v.meta, strict=True))
+    meta = [it.meta(root) for it in items]
     idx = Index.create(out, model_id=m["model_id"], dim=int(m["dim"]), M=M,
                        ef_construction=ef_construction, ef=ef, overwrite=overwrite,
                        ids=v.ids, vectors=v.vectors, meta=meta, provenance=provenance,
