@@ -113,13 +113,35 @@ def plain_distance(hits: list[dict], dist: dict[str, float]) -> float:
     return dist[hits[0]["id"]]
 
 
-def test_shipped_index_near(bundle_dir):
-    """The shipped index predates lat/lon: places come from its location text."""
-    idx = Index.open()
+@pytest.mark.parametrize("stored", [True, False])
+def test_shipped_index_near(bundle_dir, tmp_path, stored):
+    """The shipped index stores lat/lon; an index written before it did (here: a copy with
+    them emptied, its file hash updated) is placed from its location text, same answers."""
+    import hashlib
+    import json
+    import shutil
+    import sqlite3
+
+    from mkt.runtime.index import default_index_dir
+
+    index = default_index_dir()
+    if not stored:
+        index = tmp_path / "old"
+        shutil.copytree(default_index_dir(), index)
+        info = json.loads((index / "index.json").read_text())
+        db = next(f for f in info["files"] if f.startswith("meta-"))
+        con = sqlite3.connect(index / db)
+        con.execute("UPDATE items SET lat = NULL, lon = NULL")
+        con.commit()
+        con.close()
+        info["files"][db] = hashlib.sha256((index / db).read_bytes()).hexdigest()
+        (index / "index.json").write_text(json.dumps(info))
+    idx = Index.open(index)
     some = idx.ids()[:5]
-    assert all(v[1] is None for v in idx.places(some).values())
+    assert all((v[1] is not None) == stored for v in idx.places(some).values() if v[0])
     photo = packaged_asset("examples") / "home_garden.jpg"
-    res = run("similar", photo, "-k", 100, "--near", "Leeds", "--within", "3km", "--json")
+    res = run("similar", photo, "-k", 100, "--near", "Leeds", "--within", "3km", "--json",
+              "--index", index)
     assert res.exit_code == 0, res.output
     hits = jlines(res.stdout)[0]["results"]
     # fewer than 100 listings lie within 3 km of Leeds: the limit holds, k or not

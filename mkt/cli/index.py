@@ -92,7 +92,7 @@ def index_build_command(
     ] = 200,
     ef: Annotated[int, typer.Option("--ef", min=1, metavar="N",
                                     help="hnsw default search breadth (128: recall@10 0.97 "
-                                         "at 1M vectors, benchmarks/hnsw_1m.py).")] = 128,
+                                         "at 1M vectors).")] = 128,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing index.")] = False,
     threads: ThreadsOpt = None,
     precision: PrecisionOpt = None,
