@@ -26,8 +26,9 @@ def data_dir(tmp_path_factory):
 
 
 def _cfg(data_dir, out, **kw):
-    return TrainConfig(data=str(data_dir), out=str(out), epochs=3, batch_listings=64, n_aug=1,
-                       progress=False, tensorboard=False, threads=2, **kw)
+    base = dict(epochs=3, batch_listings=64, n_aug=1, progress=False, tensorboard=False,
+                threads=2)
+    return TrainConfig(data=str(data_dir), out=str(out), **{**base, **kw})
 
 
 def test_tiny_training_loss_falls(data_dir, tmp_path):
@@ -55,6 +56,16 @@ def test_resnet50_trains_end_to_end(data_dir, tmp_path):
         logits, emb, text = model(torch.randn(2, 3, ckpt["input_size"], ckpt["input_size"]))
     assert logits.shape == (2, len(ckpt["labels"])) and text.shape == (2, ckpt["text_dim"])
     assert torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_image_path_keeps_one_loader_for_the_run(data_dir, tmp_path):
+    """The full (GPU) mode decodes in one pool of worker processes for the whole run: two
+    loaders (train, eval) of 2 workers each, however many batches and epochs (a DataLoader
+    built a batch would start fresh workers every step)."""
+    metrics = train(_cfg(data_dir, tmp_path / "dl", arch="small_cnn", weights=None,
+                         mode="full", epochs=2, batch_listings=4, workers=2, freeze_epochs=0))
+    assert metrics["steps"] >= 6
+    assert 1 <= metrics["loader_processes"] <= 4
 
 
 def test_checkpoint_reloads_the_model_that_was_saved(tmp_path):

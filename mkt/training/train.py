@@ -81,7 +81,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimiser steps (tests, smoke runs)
     limit_photos: int | None = None
     threads: int | None = None
-    workers: int = 4
+    workers: int | None = None  # image path's decoding processes (None: 4 on a GPU, 1 on a CPU)
     cache_dir: str | None = None
     resume: bool = False
     tensorboard: bool = True
@@ -176,6 +176,12 @@ class CachedFeeder:
         x = x.to(self.device)
         return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x.contiguous()
 
+    def epoch(self, batches: list[np.ndarray], rng: np.random.Generator
+              ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        """(inputs, photo rows) of each batch of the epoch, in order."""
+        for rows in batches:
+            yield self.train_inputs(rows, rng), rows
+
     def train_inputs(self, rows: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         half = len(rows) // 2
         picks = []
@@ -200,44 +206,87 @@ class CachedFeeder:
 
 
 class _PhotoDataset(torch.utils.data.Dataset):
+    """Photo row -> (transformed tensor, row, worker pid). The pid lets a run report how many
+    decoding processes it used (one pool for the whole run, not one a batch)."""
+
     def __init__(self, paths: list[str], transform) -> None:
         self.paths, self.transform = paths, transform
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(self.paths[i])
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        import os
+
+        return self.transform(self.paths[i]), i, os.getpid()
+
+
+class _SetBatches(torch.utils.data.Sampler):
+    """A batch sampler whose batches the training loop sets before each pass.
+
+    Why: the pair batches (two photos a listing) are drawn per epoch by
+    :func:`listing_pair_batches`; a DataLoader iterates its batch sampler in the main process at
+    every ``iter()``, so swapping the list keeps the same DataLoader, and its persistent worker
+    processes, for the whole run.
+    """
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class ImageFeeder:
-    """Feeds decoded, augmented photos through the whole network (GPU path, or CPU on demand)."""
+    """Feeds decoded, augmented photos through the whole network (GPU path, or CPU on demand).
+
+    One DataLoader for training and one for evaluation, each built once with persistent
+    workers: decoding and augmentation run in ``workers`` processes for the whole run while
+    the model trains on the previous batch.
+    """
 
     def __init__(self, paths: list[str], arch: str, device: torch.device, workers: int) -> None:
         spec = get_arch(arch)
         pre = Preprocess(size=spec.input_size, mean=spec.mean, std=spec.std)
-        self.train_ds = _PhotoDataset(paths, train_transform(pre))
-        self.eval_ds = _PhotoDataset(paths, eval_transform(pre))
         self.device, self.workers = device, workers
         self.cuda = device.type == "cuda"
+        self._train_batches, self._eval_batches = _SetBatches(), _SetBatches()
+        self.train_loader = self._loader(_PhotoDataset(paths, train_transform(pre)),
+                                         self._train_batches)
+        self.eval_loader = self._loader(_PhotoDataset(paths, eval_transform(pre)),
+                                        self._eval_batches)
+        self.worker_pids: set[int] = set()
+
+    def _loader(self, ds: _PhotoDataset, batches: _SetBatches) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            ds, batch_sampler=batches, num_workers=self.workers, pin_memory=self.cuda,
+            persistent_workers=self.workers > 0,
+            prefetch_factor=4 if self.workers > 0 else None)
 
     def forward(self, model: MktNet, x: torch.Tensor):
         return model(x)
 
-    def _load(self, ds, rows) -> torch.Tensor:
-        loader = torch.utils.data.DataLoader(ds, batch_size=len(rows), sampler=list(map(int, rows)),
-                                             num_workers=self.workers if self.cuda else 0,
-                                             pin_memory=self.cuda)
-        x = next(iter(loader))
-        x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last)
+    def _run(self, loader, batches: _SetBatches, rows_list: list[np.ndarray]
+             ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        batches.batches = [list(map(int, r)) for r in rows_list]
+        for x, rows, pids in loader:
+            self.worker_pids.update(int(p) for p in pids)
+            x = x.to(self.device, non_blocking=True)
+            yield x.contiguous(memory_format=torch.channels_last), rows.numpy()
 
-    def train_inputs(self, rows: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-        return self._load(self.train_ds, rows)
+    def epoch(self, batches: list[np.ndarray], rng: np.random.Generator
+              ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        """(augmented inputs, photo rows) of each batch; augmentation's randomness is torch's
+        (seeded per worker by the DataLoader)."""
+        return self._run(self.train_loader, self._train_batches, batches)
 
     def eval_batches(self, rows: np.ndarray, batch: int = 64) -> Iterator[torch.Tensor]:
-        for i in range(0, len(rows), batch):
-            yield self._load(self.eval_ds, rows[i:i + batch])
+        chunks = [rows[i:i + batch] for i in range(0, len(rows), batch)]
+        for x, _ in self._run(self.eval_loader, self._eval_batches, chunks):
+            yield x
 
 
 # --------------------------------------------------------------------------- loss and metrics
@@ -531,7 +580,8 @@ def train(cfg: TrainConfig) -> dict:
             init_embedder_pca(model, cache.acts[tr_views].astype(np.float32), cfg.pca_whiten)
             print(f"embedder initialised from PCA of {len(tr_views)} train views", flush=True)
     else:
-        feeder = ImageFeeder(data.paths, cfg.arch, device, cfg.workers)
+        workers = cfg.workers if cfg.workers is not None else (4 if device.type == "cuda" else 1)
+        feeder = ImageFeeder(data.paths, cfg.arch, device, workers)
     cache_seconds = time.time() - t0
     text_by_listing: torch.Tensor | None = None
     text_np: np.ndarray | None = None
@@ -608,11 +658,11 @@ def train(cfg: TrainConfig) -> dict:
                       TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.3f}"),
                       TimeRemainingColumn(), disable=not cfg.progress) as bar:
             task = bar.add_task("train", total=steps_per_epoch, epoch=epoch, loss=0.0, acc=0.0)
-            for rows, groups in listing_pair_batches(train_rows, data.listing,
-                                                     cfg.batch_listings, rng):
-                x = feeder.train_inputs(rows, rng)
+            batches = [rows for rows, _ in listing_pair_batches(train_rows, data.listing,
+                                                                cfg.batch_listings, rng)]
+            for x, rows in feeder.epoch(batches, rng):
                 y = torch.from_numpy(data.label[rows]).to(device)
-                g = torch.from_numpy(groups).to(device)
+                g = torch.from_numpy(data.listing[rows]).to(device)
                 perm, lam = None, 1.0
                 if cfg.mixup > 0 and mode == "cached" and rng.random() < cfg.mixup:
                     # mix both views of listing i with both views of listing perm(i), one lambda,
@@ -714,6 +764,9 @@ def train(cfg: TrainConfig) -> dict:
             print(f"early stop: no val improvement in {cfg.patience} epochs", flush=True)
             break
     metrics["train_seconds"] = round(time.time() - t0 - cache_seconds, 1)
+    if isinstance(feeder, ImageFeeder):
+        metrics["loader_processes"] = len(feeder.worker_pids)  # 2 x workers when built once
+        metrics["steps"] = step
     if cfg.calibrate and len(val_rows) and (out / "best.pt").exists():
         metrics = _calibrate_best(out / "best.pt", feeder, data, val_rows, metrics)
     metrics["total_seconds"] = round(time.time() - t0, 1)

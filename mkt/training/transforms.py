@@ -23,9 +23,27 @@ def _to_tensor(arr: np.ndarray, pre: Preprocess):
     return torch.from_numpy(pre.normalise(arr[None])[0])
 
 
+class _Eval:
+    def __init__(self, pre: Preprocess) -> None:
+        self.pre = pre
+
+    def __call__(self, path: str | os.PathLike):
+        return _to_tensor(self.pre.load(path), self.pre)
+
+
+class _Train:
+    def __init__(self, pre: Preprocess, aug) -> None:
+        self.pre, self.aug = pre, aug
+
+    def __call__(self, path: str | os.PathLike):
+        arr = np.asarray(self.aug(Image.fromarray(self.pre.load(path))), dtype=np.uint8)
+        return _to_tensor(arr, self.pre)
+
+
 def eval_transform(pre: Preprocess) -> Callable[[str | os.PathLike], object]:
-    """Photo path -> normalised ``float32 [3, S, S]`` tensor, no augmentation."""
-    return lambda path: _to_tensor(pre.load(path), pre)
+    """Photo path -> normalised ``float32 [3, S, S]`` tensor, no augmentation. (Transforms
+    are picklable objects, so DataLoader workers can be spawned as well as forked.)"""
+    return _Eval(pre)
 
 
 def train_transform(pre: Preprocess) -> Callable[[str | os.PathLike], object]:
@@ -39,8 +57,4 @@ def train_transform(pre: Preprocess) -> Callable[[str | os.PathLike], object]:
         T.ColorJitter(0.2, 0.2, 0.2, 0.02),
     ])
 
-    def run(path: str | os.PathLike):
-        arr = np.asarray(aug(Image.fromarray(pre.load(path))), dtype=np.uint8)
-        return _to_tensor(arr, pre)
-
-    return run
+    return _Train(pre, aug)
