@@ -103,3 +103,21 @@ def test_supcon_prefers_matching_pairs():
     good = torch.nn.functional.normalize(torch.eye(3).repeat(2, 1), dim=1)
     bad = torch.nn.functional.normalize(torch.eye(3)[[0, 1, 2, 1, 2, 0]], dim=1)
     assert supcon_loss(good, groups, 0.1) < supcon_loss(bad, groups, 0.1)
+
+
+def test_drop_path_only_while_training():
+    """Stochastic depth skips tuned blocks at random in training and never in eval (so the
+    exported model is the same network)."""
+    from mkt.training.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", 13, 32, pretrained=None, split=11)
+    h = torch.randn(4, 112, 14, 14)
+    model.eval()
+    with torch.no_grad():
+        ref = model.tail(h)
+        model.tail.drop_path = 0.5
+        assert torch.equal(model.tail(h), ref)
+        model.tail.train()
+        a, b = model.tail(h), model.tail(h)
+    assert not torch.allclose(a, b)

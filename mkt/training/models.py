@@ -88,10 +88,15 @@ class _LiteTail(nn.Module):
         self.blocks = nn.ModuleList(net._blocks[start:])
         self.conv_head, self.bn1, self.act = net._conv_head, net._bn1, net._swish
         self.pool = nn.AdaptiveAvgPool2d(1)
+        # stochastic depth while training (0: off): residual block i of n is skipped with
+        # probability drop_path * (i + 1) / n, as EfficientNet was trained; no effect in eval
+        self.drop_path = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for b in self.blocks:
-            x = b(x)
+        n = len(self.blocks)
+        for i, b in enumerate(self.blocks):
+            rate = self.drop_path * (i + 1) / n if self.training and self.drop_path else None
+            x = b(x, drop_connect_rate=rate)
         x = self.act(self.bn1(self.conv_head(x)))
         return torch.flatten(self.pool(x), 1)
 

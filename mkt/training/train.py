@@ -72,6 +72,7 @@ class TrainConfig:
     embed_init: str = "random"  # heads-only: "pca" starts the embedding MLP as a PCA projection
     pca_whiten: float = 0.5  # embed_init=pca: divide component i by singular_value_i ** this
     ema: float = 0.0  # EMA decay of the weights a step (0: off); val and best.pt use the EMA
+    drop_path: float = 0.0  # stochastic depth of the tuned EfficientNet-Lite blocks (0: off)
     mixup: float = 0.0  # cached mode: probability a batch mixes stem activations (0: off)
     mixup_alpha: float = 0.4
     calibrate: bool = True  # fit a temperature on val logits of best.pt
@@ -560,6 +561,10 @@ def train(cfg: TrainConfig) -> dict:
     spec = get_arch(cfg.arch)
     model = build_model(cfg.arch, len(data.labels), cfg.embed_dim, pretrained=cfg.weights,
                         split=cfg.split, text_dim=cfg.text_dim)
+    if cfg.drop_path:
+        if not hasattr(model.tail, "drop_path"):
+            raise ValueError(f"--drop-path: {cfg.arch} has no stochastic depth here")
+        model.tail.drop_path = float(cfg.drop_path)
     print(f"arch {cfg.arch} ({model.pretrained}), mode {mode}, device {device}, "
           f"{len(data.paths)} photos", flush=True)
 
