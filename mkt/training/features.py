@@ -119,6 +119,35 @@ def model_outputs_from_cache(model: nn.Module, cache: StemCache, rows: Sequence[
     return {k: np.concatenate(v) for k, v in chunks.items()}
 
 
+class _HeadOutputs(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, feats: torch.Tensor):
+        logits, emb, temb = self.model.heads(feats)
+        return logits, emb, temb, feats
+
+
+def cached_view_outputs(model: nn.Module, cache_file: Path, batch: int = 256
+                        ) -> dict[str, np.ndarray]:
+    """Logits, embedding and pooled features of every view in a stem cache (the stem is frozen
+    in cached training, so the cache's activations are exactly what the trunk sees; a
+    heads-only cache holds the pooled features themselves)."""
+    z = np.load(cache_file)
+    acts, photo, view = z["acts"], z["photo"], z["view"]
+    wrap = _HeadOutputs(model) if acts.ndim == 2 else _TailOutputs(model)
+    sess = ort_session(wrap, torch.zeros(1, *acts.shape[1:]), n_outputs=4)
+    lo, emb, feat = [], [], []
+    for i in range(0, len(acts), batch):
+        lg, em, _, fe = sess.run(None, {"x": acts[i:i + batch].astype(np.float32)})
+        lo.append(lg)
+        emb.append(em)
+        feat.append(fe)
+    return {"logits": np.concatenate(lo), "emb": np.concatenate(emb),
+            "feat": np.concatenate(feat), "photo": photo, "view": view}
+
+
 def load_stem_cache_if_valid(stem: nn.Module, paths: Sequence[Path | str],
                              train_mask: np.ndarray, n_aug: int, size: int, seed: int,
                              cache_file: Path) -> StemCache | None:

@@ -27,29 +27,12 @@ import torch.nn.functional as F
 
 from mkt.training import metrics as M
 from mkt.training.checkpoint import load_checkpoint, model_from_checkpoint, write_checkpoint
+from mkt.training.features import cached_view_outputs
 from mkt.training.models import RetrievalHead
 
 
 def _norm(a: np.ndarray) -> np.ndarray:
     return a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-9)
-
-
-def cached_view_outputs(model: Any, cache_file: Path, batch: int = 256
-                        ) -> dict[str, np.ndarray]:
-    """Embedding and pooled features of every cached view (the stem is frozen in cached
-    training, so the cache's activations are exactly what the trunk sees)."""
-    from mkt.training.features import _TailOutputs, ort_session
-
-    z = np.load(cache_file)
-    acts, photo, view = z["acts"], z["photo"], z["view"]
-    sess = ort_session(_TailOutputs(model), torch.zeros(1, *acts.shape[1:]), n_outputs=4)
-    emb, feat = [], []
-    for i in range(0, len(acts), batch):
-        _, em, _, fe = sess.run(None, {"x": acts[i:i + batch].astype(np.float32)})
-        emb.append(em)
-        feat.append(fe)
-    return {"emb": np.concatenate(emb), "feat": np.concatenate(feat), "photo": photo,
-            "view": view}
 
 
 def train_head(x: np.ndarray, listing: np.ndarray, label: np.ndarray, train: np.ndarray,

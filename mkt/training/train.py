@@ -73,6 +73,9 @@ class TrainConfig:
     pca_whiten: float = 0.5  # embed_init=pca: divide component i by singular_value_i ** this
     ema: float = 0.0  # EMA decay of the weights a step (0: off); val and best.pt use the EMA
     drop_path: float = 0.0  # stochastic depth of the tuned EfficientNet-Lite blocks (0: off)
+    teachers: str | None = None  # comma-separated checkpoints to distil from (mkt.training.distil)
+    kd_weight: float = 0.0  # share of the classification loss that matches the teachers
+    kd_temperature: float = 2.0
     mixup: float = 0.0  # cached mode: probability a batch mixes stem activations (0: off)
     mixup_alpha: float = 0.4
     calibrate: bool = True  # fit a temperature on val logits of best.pt
@@ -178,12 +181,14 @@ class CachedFeeder:
         return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x.contiguous()
 
     def epoch(self, batches: list[np.ndarray], rng: np.random.Generator
-              ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
-        """(inputs, photo rows) of each batch of the epoch, in order."""
+              ) -> Iterator[tuple[torch.Tensor, np.ndarray, np.ndarray | None]]:
+        """(inputs, photo rows, cache view indices) of each batch of the epoch, in order."""
         for rows in batches:
-            yield self.train_inputs(rows, rng), rows
+            x, picks = self.train_inputs(rows, rng)
+            yield x, rows, picks
 
-    def train_inputs(self, rows: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    def train_inputs(self, rows: np.ndarray, rng: np.random.Generator
+                     ) -> tuple[torch.Tensor, np.ndarray]:
         half = len(rows) // 2
         picks = []
         for i, r in enumerate(rows):
@@ -195,8 +200,9 @@ class CachedFeeder:
                 picks.append(int(rng.choice(choices)))
             else:
                 picks.append(int(rng.choice(vs)))
-        x = torch.from_numpy(self.cache.acts[np.asarray(picks)].astype(np.float32))
-        return self._fmt(x)
+        picked = np.asarray(picks)
+        x = torch.from_numpy(self.cache.acts[picked].astype(np.float32))
+        return self._fmt(x), picked
 
     def eval_batches(self, rows: np.ndarray, batch: int = 256) -> Iterator[torch.Tensor]:
         first = np.array([self.views[int(r)][self.cache.view[self.views[int(r)]] == 0][0]
@@ -271,22 +277,22 @@ class ImageFeeder:
         return model(x)
 
     def _run(self, loader, batches: _SetBatches, rows_list: list[np.ndarray]
-             ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+             ) -> Iterator[tuple[torch.Tensor, np.ndarray, None]]:
         batches.batches = [list(map(int, r)) for r in rows_list]
         for x, rows, pids in loader:
             self.worker_pids.update(int(p) for p in pids)
             x = x.to(self.device, non_blocking=True)
-            yield x.contiguous(memory_format=torch.channels_last), rows.numpy()
+            yield x.contiguous(memory_format=torch.channels_last), rows.numpy(), None
 
     def epoch(self, batches: list[np.ndarray], rng: np.random.Generator
-              ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+              ) -> Iterator[tuple[torch.Tensor, np.ndarray, None]]:
         """(augmented inputs, photo rows) of each batch; augmentation's randomness is torch's
         (seeded per worker by the DataLoader)."""
         return self._run(self.train_loader, self._train_batches, batches)
 
     def eval_batches(self, rows: np.ndarray, batch: int = 64) -> Iterator[torch.Tensor]:
         chunks = [rows[i:i + batch] for i in range(0, len(rows), batch)]
-        for x, _ in self._run(self.eval_loader, self._eval_batches, chunks):
+        for x, _, _ in self._run(self.eval_loader, self._eval_batches, chunks):
             yield x
 
 
@@ -588,6 +594,28 @@ def train(cfg: TrainConfig) -> dict:
         workers = cfg.workers if cfg.workers is not None else (4 if device.type == "cuda" else 1)
         feeder = ImageFeeder(data.paths, cfg.arch, device, workers)
     cache_seconds = time.time() - t0
+    teacher_view_logits: np.ndarray | None = None
+    online_teachers = None
+    if cfg.kd_weight > 0:
+        if not cfg.teachers:
+            raise ValueError("--kd-weight needs --teachers CKPT[,CKPT...]")
+        if cfg.mixup > 0:
+            raise ValueError("--kd-weight with --mixup: the teachers saw the unmixed views")
+        from mkt.training import distil
+
+        teachers = [t for t in cfg.teachers.split(",") if t]
+        t_kd = time.time()
+        if isinstance(feeder, CachedFeeder):
+            teacher_view_logits = distil.cached_teacher_logits(
+                teachers, feeder.cache, Path(cfg.cache_dir or out), out / "teacher_logits.npz")
+            tv = feeder.cache.view == 0
+            tacc = (teacher_view_logits[tv].argmax(1)
+                    == data.label[feeder.cache.photo[tv]])
+            vmask = data.split[feeder.cache.photo[tv]] == "val"
+            print(f"teachers: val acc {tacc[vmask].mean():.4f} (eval views), "
+                  f"{time.time() - t_kd:.0f}s", flush=True)
+        else:
+            online_teachers = distil.OnlineTeachers(teachers, device)
     text_by_listing: torch.Tensor | None = None
     text_np: np.ndarray | None = None
     if cfg.text_weight > 0 or len(val_rows):
@@ -658,14 +686,15 @@ def train(cfg: TrainConfig) -> dict:
         for b in _frozen_tail_blocks(model, cfg.freeze_tail_blocks):
             b.eval()
         t_epoch = time.time()
-        sums = {"loss": 0.0, "ce": 0.0, "metric": 0.0, "text": 0.0, "correct": 0, "n": 0}
+        sums = {"loss": 0.0, "ce": 0.0, "metric": 0.0, "text": 0.0, "kd": 0.0, "correct": 0,
+                "n": 0}
         with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
                       TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.3f}"),
                       TimeRemainingColumn(), disable=not cfg.progress) as bar:
             task = bar.add_task("train", total=steps_per_epoch, epoch=epoch, loss=0.0, acc=0.0)
             batches = [rows for rows, _ in listing_pair_batches(train_rows, data.listing,
                                                                 cfg.batch_listings, rng)]
-            for x, rows in feeder.epoch(batches, rng):
+            for x, rows, picks in feeder.epoch(batches, rng):
                 y = torch.from_numpy(data.label[rows]).to(device)
                 g = torch.from_numpy(data.listing[rows]).to(device)
                 perm, lam = None, 1.0
@@ -681,11 +710,18 @@ def train(cfg: TrainConfig) -> dict:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     logits, emb, temb = feeder.forward(model, x)
                 ce = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                kd = torch.zeros(())
+                if teacher_view_logits is not None or online_teachers is not None:
+                    from mkt.training.distil import kd_loss
+
+                    t_logits = (torch.from_numpy(teacher_view_logits[picks]).to(device)
+                                if teacher_view_logits is not None else online_teachers(x))
+                    kd = kd_loss(logits.float(), t_logits, cfg.kd_temperature)
                 if perm is not None:
                     ce = lam * ce + (1 - lam) * F.cross_entropy(
                         logits.float(), y[perm], label_smoothing=cfg.label_smoothing)
                 ml = supcon_loss(emb.float(), g, cfg.temperature)
-                loss = ce + cfg.metric_weight * ml
+                loss = (1 - cfg.kd_weight) * ce + cfg.kd_weight * kd + cfg.metric_weight * ml
                 tl = torch.zeros(())
                 if cfg.text_weight > 0 and text_by_listing is not None:
                     soft = None
@@ -711,6 +747,7 @@ def train(cfg: TrainConfig) -> dict:
                 sums["ce"] += ce.item() * len(rows)
                 sums["metric"] += ml.item() * len(rows)
                 sums["text"] += float(tl.item()) * len(rows)
+                sums["kd"] += float(kd.item()) * len(rows)
                 sums["correct"] += int((logits.argmax(1) == y).sum())
                 sums["n"] += len(rows)
                 bar.update(task, advance=1, loss=sums["loss"] / sums["n"],
@@ -723,6 +760,7 @@ def train(cfg: TrainConfig) -> dict:
         n = max(1, sums["n"])
         row = {"epoch": epoch, "train_loss": sums["loss"] / n, "train_ce": sums["ce"] / n,
                "train_metric_loss": sums["metric"] / n, "train_text_loss": sums["text"] / n,
+               "train_kd_loss": sums["kd"] / n,
                "train_acc": sums["correct"] / n,
                "seconds": round(time.time() - t_epoch, 1), "tail_trained": tune_tail}
         eval_model = ema.module if ema is not None else model
