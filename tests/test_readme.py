@@ -114,8 +114,8 @@ def test_readme_commands_table_lists_the_runtime_commands():
 
 def test_readme_test_command_is_what_ci_runs():
     ci = (REPO / ".ci" / "run").read_text()
-    assert "pip install -q '.[train,serve,sql,scale,dev]'" in ci
-    assert "pip install '.[train,serve,sql,scale,dev]'\npython -m pytest -q" in README
+    assert "pip install -q '.[train,serve,sql,scale,openvino,dev]'" in ci
+    assert "pip install '.[train,serve,sql,scale,openvino,dev]'\npython -m pytest -q" in README
     assert "python -m pytest -q" in ci
     # what CI adds is said in the README
     for extra in ("--upgrade pip", "ruff check mkt tests benchmarks", "no:cacheprovider",
