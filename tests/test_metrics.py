@@ -113,3 +113,17 @@ def test_knn_price_r2_perfect_and_uninformative():
     r2 = M.knn_price_r2(q3, np.array([10, 10, 11, 11, 12]), np.r_[q_lp_nan, 5.0],
                         np.vstack([db, [[1, 0]]]), np.r_[db_lp, np.nan], k=3)
     assert np.isfinite(r2)
+
+
+def test_precision_agreement_counts_flips_and_angles():
+    import numpy as np
+
+    from mkt.training.evaluate_bundle import precision_agreement
+
+    e = np.eye(4, dtype=np.float32)
+    a = {"_pred": np.array([0, 1, 2, 3]), "_embedding": e}
+    b = {"_pred": np.array([0, 1, 2, 0]), "_embedding": np.r_[e[:3], e[2:3]]}
+    r = precision_agreement(a, b)
+    assert r["top1_agreement"] == 0.75
+    assert r["cosine_min"] == 0.0 and abs(r["cosine_mean"] - 0.75) < 1e-6
+    assert precision_agreement(a, a)["cosine_min"] > 0.999

@@ -105,7 +105,18 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, *, precision: str = "i
         "confusion": M.confusion(y, pred, len(labels)).tolist(),
         "labels": labels,
         "seconds": round(time.time() - t0, 1),
+        "_pred": pred, "_embedding": emb,  # for cross-precision agreement; not written out
     }
+
+
+def precision_agreement(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
+    """Top-1 agreement and embedding cosine between two runs on the same photos (a bundle's
+    int8 and fp32 models): the int8 parity a user sees on this CPU, over a whole split."""
+    ea, eb = a["_embedding"], b["_embedding"]
+    cos = (ea * eb).sum(1) / (np.linalg.norm(ea, axis=1) * np.linalg.norm(eb, axis=1)).clip(1e-12)
+    return {"top1_agreement": float((a["_pred"] == b["_pred"]).mean()),
+            "cosine_mean": float(cos.mean()), "cosine_p1": float(np.percentile(cos, 1)),
+            "cosine_min": float(cos.min())}
 
 
 def compare_bundles(bundles: dict[str, str | Path], data: str | Path, *,
@@ -162,10 +173,28 @@ def main(argv: list[str] | None = None) -> int:
                                         threads=a.threads)
         print(f"{name}: top-1 {results[name]['photo_top1']:.3f} "
               f"({results[name]['seconds']} s)", flush=True)
+    from mkt.runtime.bench import cpu_info
+
+    names = list(results)
+    agreement = {f"{x} vs {y}": precision_agreement(results[x], results[y])
+                 for i, x in enumerate(names) for y in names[i + 1:]
+                 if results[x]["bundle"] == results[y]["bundle"]
+                 and results[x]["precision"] != results[y]["precision"]}
+    for r in results.values():
+        r.pop("_pred")
+        r.pop("_embedding")
     a.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(a.out / "bundles.json", results)
-    atomic_write_text(a.out / "bundles.md", render_markdown(results))
-    print(render_markdown(results))
+    out = {**results, "_agreement": agreement, "_cpu": cpu_info()}
+    atomic_write_json(a.out / "bundles.json", out)
+    md = render_markdown(results)
+    if agreement:
+        md += "\nint8 vs fp32 of one bundle, this CPU (" + ", ".join(cpu_info().get("simd", [])
+                                                               or ["?"]) + "):\n\n"
+        md += "".join(f"- {k}: top-1 agreement {v['top1_agreement']:.3f}, embedding cosine "
+                      f"mean {v['cosine_mean']:.4f} / 1st percentile {v['cosine_p1']:.4f} / "
+                      f"min {v['cosine_min']:.4f}\n" for k, v in agreement.items())
+    atomic_write_text(a.out / "bundles.md", md)
+    print(md)
     return 0
 
 
