@@ -54,17 +54,19 @@ def _file_sha(path: Path) -> str:
 
 
 def cached_teacher_logits(teachers: Sequence[str | Path], cache: StemCache, cache_dir: Path,
-                          store: Path | None = None, log=print) -> np.ndarray:
+                          log=print) -> np.ndarray:
     """Mean teacher logits ``float32 [V, C]`` for every view of the student's ``cache``.
 
     Each teacher's stem cache (found in ``cache_dir`` by its checkpoint's arch, split and
-    n_aug) must list the same (photo, view) pairs as the student's, or this raises. ``store``:
-    an .npz reused while the teachers' checkpoints and the views are unchanged.
+    n_aug) must list the same (photo, view) pairs as the student's, or this raises. The result
+    is kept in ``cache_dir`` (``teacher-logits-<key>.npz``), reused by every student of the
+    same teachers and views: computing it runs each teacher over every view.
     """
     key = json.dumps({"teachers": [_file_sha(Path(t)) for t in teachers],
                       "views": hashlib.sha256(cache.photo.tobytes() + cache.view.tobytes())
                       .hexdigest()})
-    if store is not None and store.exists():
+    store = Path(cache_dir) / f"teacher-logits-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    if store.exists():
         z = np.load(store)
         if str(z["key"]) == key:
             return z["logits"]
@@ -85,8 +87,9 @@ def cached_teacher_logits(teachers: Sequence[str | Path], cache: StemCache, cach
         total = out["logits"] if total is None else total + out["logits"]
     assert total is not None
     logits = (total / len(teachers)).astype(np.float32)
-    if store is not None:
-        np.savez(store, logits=logits, key=np.array(key))
+    tmp = store.with_name(store.stem + ".tmp.npz")
+    np.savez(tmp, logits=logits, key=np.array(key))
+    tmp.replace(store)
     return logits
 
 

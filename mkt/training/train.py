@@ -607,7 +607,7 @@ def train(cfg: TrainConfig) -> dict:
         t_kd = time.time()
         if isinstance(feeder, CachedFeeder):
             teacher_view_logits = distil.cached_teacher_logits(
-                teachers, feeder.cache, Path(cfg.cache_dir or out), out / "teacher_logits.npz")
+                teachers, feeder.cache, Path(cfg.cache_dir or out))
             tv = feeder.cache.view == 0
             tacc = (teacher_view_logits[tv].argmax(1)
                     == data.label[feeder.cache.photo[tv]])
