@@ -66,3 +66,14 @@ def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
         w.writerow(["", *header])
         for i, r in enumerate(rows):
             w.writerow([i, *r])
+
+
+def make_split_dataset(root: Path, listings_per_cat: int = 6, val: float = 0.2,
+                       test: float = 0.2) -> Path:
+    """The synthetic dataset cleaned and split (what training reads): its data folder."""
+    from mkt.training.clean import clean
+    from mkt.training.split import write_split
+
+    clean(make_raw_dataset(root / "raw", listings_per_cat=listings_per_cat), root / "data")
+    write_split(root / "data", seed=0, val=val, test=test)
+    return root / "data"

@@ -5,20 +5,14 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from mkt.training.checkpoint import read_checkpoint, write_checkpoint  # noqa: E402
-from mkt.training.clean import clean  # noqa: E402
 from mkt.training.distil import kd_loss  # noqa: E402
-from mkt.training.split import write_split  # noqa: E402
 from mkt.training.train import TrainConfig, train  # noqa: E402
-from tests.synthetic import make_raw_dataset  # noqa: E402
+from tests.synthetic import make_split_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("distil")
-    raw = make_raw_dataset(root / "raw", listings_per_cat=8)
-    clean(raw, root / "data")
-    write_split(root / "data", seed=0, val=0.2, test=0.2)
-    return root / "data"
+    return make_split_dataset(tmp_path_factory.mktemp("distil"), listings_per_cat=8)
 
 
 def _cfg(data_dir, out, cache, **kw):

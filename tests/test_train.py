@@ -4,8 +4,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mkt.training.clean import clean  # noqa: E402
-from mkt.training.split import write_split  # noqa: E402
 from mkt.training.train import (  # noqa: E402
     TrainConfig,
     latest_epoch_checkpoint,
@@ -13,16 +11,12 @@ from mkt.training.train import (  # noqa: E402
     supcon_loss,
     train,
 )
-from tests.synthetic import make_raw_dataset  # noqa: E402
+from tests.synthetic import make_split_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    raw = make_raw_dataset(root / "raw", listings_per_cat=6)
-    clean(raw, root / "data")
-    write_split(root / "data", seed=0, val=0.2, test=0.2)
-    return root / "data"
+    return make_split_dataset(tmp_path_factory.mktemp("train"), listings_per_cat=6)
 
 
 def _cfg(data_dir, out, **kw):

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .hashcache import sha256_file
+
 PRECISIONS = ("int8", "fp32")
 CACHE_FILE = "precision.json"
 _FLAGS = {
@@ -61,14 +63,6 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "mkt"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _resolve(bundle_dir: str | os.PathLike, models: dict[str, Any]) -> dict[str, Path]:
     base = Path(bundle_dir)
     out = {}
@@ -91,7 +85,7 @@ def _model_hashes(bundle_dir: Path, paths: dict[str, Path]) -> dict[str, str]:
             rel = p.resolve().relative_to(bundle_dir.resolve()).as_posix()
         except (ValueError, OSError):
             rel = None
-        out[k] = files.get(rel) if rel in files else _sha256(p)
+        out[k] = files.get(rel) if rel in files else sha256_file(p)
     return out
 
 

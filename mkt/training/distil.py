@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mkt.runtime.hashcache import sha256_file
 from mkt.training.checkpoint import load_checkpoint
 from mkt.training.features import StemCache, cached_view_outputs
 
@@ -45,14 +46,6 @@ def _teacher_cache_file(ckpt: dict, cache_dir: Path) -> Path:
     return Path(cache_dir) / stem_cache_name(cfg)
 
 
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def cached_teacher_logits(teachers: Sequence[str | Path], cache: StemCache, cache_dir: Path,
                           log=print) -> np.ndarray:
     """Mean teacher logits ``float32 [V, C]`` for every view of the student's ``cache``.
@@ -62,7 +55,7 @@ def cached_teacher_logits(teachers: Sequence[str | Path], cache: StemCache, cach
     is kept in ``cache_dir`` (``teacher-logits-<key>.npz``), reused by every student of the
     same teachers and views: computing it runs each teacher over every view.
     """
-    key = json.dumps({"teachers": [_file_sha(Path(t)) for t in teachers],
+    key = json.dumps({"teachers": [sha256_file(t) for t in teachers],
                       "views": hashlib.sha256(cache.photo.tobytes() + cache.view.tobytes())
                       .hexdigest()})
     store = Path(cache_dir) / f"teacher-logits-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
