@@ -39,6 +39,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from mkt.runtime.fsutil import display_path  # noqa: E402
+
 SEED_TABULAR_R2 = 0.088  # the seed project's tabular price regression (test R²)
 # `mkt evaluate` of the shipped recipe's checkpoint (committed): frozen ImageNet and fine-tuned
 # kNN price R² on the same split and price rule
@@ -83,7 +85,7 @@ def index_vectors(model, index_dir: Path | None, ids: list[str], paths: list[Pat
     check = rng.choice(len(pos), size=min(VERIFY_PHOTOS, len(pos)), replace=False)
     fresh = model.embed([paths[pos[c]] for c in check])
     cos = np.sum(fresh * vecs[check], axis=1) / np.linalg.norm(vecs[check], axis=1)
-    PROVENANCE.update(index=str(index_dir), from_index=len(pos), verified=len(check),
+    PROVENANCE.update(index=display_path(index_dir), from_index=len(pos), verified=len(check),
                       verify_min_cosine=float(cos.min()))
     if cos.min() < 0.999:
         print(f"  index vectors do not match fresh embeddings (min cos {cos.min():.4f}); "
@@ -108,7 +110,7 @@ def embed_photos(model, paths: list[Path], ids: list[str], cache_dir: Path,
     if cache.exists():
         z = np.load(cache, allow_pickle=False)
         have = dict(zip(z["ids"].tolist(), z["vecs"], strict=True))
-        PROVENANCE.setdefault("cache", str(cache))
+        PROVENANCE.setdefault("cache", display_path(cache))
     if any(i not in have for i in ids):
         have.update(index_vectors(model, index_dir, ids, paths))
     todo = [(i, p) for i, p in zip(ids, paths, strict=True) if i not in have]
@@ -298,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "task": "kNN price suggestion (mkt price --listing) on the listing-level split",
         "data": str(args.data), "model_id": model.model_id, "arch": model.bundle.arch,
-        "bundle": str(model.bundle.path),
+        "bundle": display_path(model.bundle.path),
         "split_sha256": json.loads((args.data / "split.json").read_text()).get("sha256"),
         "index": {"photos": idx.count, "split": "train only"},
         "vectors": dict(PROVENANCE),

@@ -11,10 +11,9 @@ its description only, its listing vector embeds the description only); the query
 and the target is that listing. Metrics: MRR@10, recall@1, recall@10 of the target, and
 precision@10 of the query listing's category among the results (relevance proxy).
 
-Cross-modal path: the current photo model has no ``text_embedding`` output, so a stand-in is
-used: a ridge regression from the photo embedding to the MiniLM title embedding, fitted on
-TRAIN photos only (a linear LiT-style head). Rerun with a bundle whose model has
-``text_embedding`` and the real vectors are used instead.
+Cross-modal path: the photos' ``text_embedding`` vectors stored in the index (the model's LiT
+head). For an index without them, a stand-in: a ridge regression from the photo embedding to
+the MiniLM title embedding, fitted on TRAIN photos only (a linear LiT-style head).
 
 Weights: grid over (lexical, semantic, crossmodal); best by val MRR@10. Latency: p50 of
 ``search_text`` end to end (encode + 3 paths + fusion + metadata), warm, k=10, on the full
@@ -55,6 +54,7 @@ def photo_vectors(index_dir: Path | None):
 def main(argv=None) -> int:
     import pandas as pd
 
+    from mkt.runtime.bench import cpu_info
     from mkt.runtime.bundle import load_bundle
     from mkt.runtime.index import Index, listing_text
     from mkt.runtime.search import path_rankings, rrf, search_text
@@ -122,6 +122,8 @@ def main(argv=None) -> int:
     W = np.linalg.solve(Xb.T @ Xb + lam * np.eye(Xb.shape[1]), Xb.T @ Y)
     xmod = (np.hstack([pvec, np.ones((len(pvec), 1))]) @ W).astype(np.float32)
     xmod /= np.linalg.norm(xmod, axis=1, keepdims=True)
+    xsource = ("stand-in (ridge from the 256-d photo embedding to the MiniLM title embedding, "
+               "fit on train photos)")
     # a bundle trained with the LiT title loss has the real thing: its text_embedding output,
     # stored in the index as the photos' cross-modal vectors. Use those when present.
     xids, xvecs = src.photo_text_vectors() if src.has_text else ([], None)
@@ -129,7 +131,9 @@ def main(argv=None) -> int:
         pos = {p: i for i, p in enumerate(xids)}
         if all(p in pos for p in pids_photo):
             xmod = np.asarray(xvecs, np.float32)[[pos[p] for p in pids_photo]]
-            log("cross-modal path: the model's own text_embedding vectors (LiT head)")
+            xsource = ("the model's own `text_embedding` vectors (LiT head), as stored in the "
+                       "catalogue index")
+            log(f"cross-modal path: {xsource}")
 
     def build(withhold: str | None, path: Path) -> Index:
         meta = []
@@ -205,17 +209,16 @@ def main(argv=None) -> int:
            "search_text_p90_ms": round(ts[89], 2),
            "encode_only_p50_ms": round(statistics.median(enc_ts), 2),
            "photos": full_idx.count, "listings": full_idx.text_counts()["listings"],
-           "threads": enc.threads}
+           "threads": enc.threads, "cpu": cpu_info()}
     log(f"latency {lat}")
     out = {"protocol": __doc__.split("Weights:")[0].strip(), "text_model": model_file.name,
-           "photo_model_id": model_id, "crossmodal": "stand-in ridge head on photo embedding",
+           "photo_model_id": model_id, "crossmodal": xsource,
            "chosen": chosen, "val_best": best, "val_grid": val, "test": test, "latency": lat}
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "text_search.json").write_text(json.dumps(out, indent=2) + "\n")
     md = ["# Text search: fusion weights (chosen on val) and latency", "",
           f"Text model `{model_file.name}`, photo model `{model_id}`; cross-modal path: "
-          "stand-in (ridge from the 256-d photo embedding to the MiniLM title embedding, fit "
-          "on train photos) until the LiT-trained model with a `text_embedding` output ships.",
+          f"{xsource}.",
           "", "Protocol: query = a listing's title; that listing's title is withheld from the "
           "index (description + photos only); target = that listing. Weighted RRF, k0 = 60.",
           "", f"**Chosen on val: {chosen}** (val MRR@10 {best['mrr10']:.3f}).", "",
@@ -230,7 +233,8 @@ def main(argv=None) -> int:
     md += ["", f"Test: {test[0]['n']} queries, scored once with the val choice (first test "
            "row); the other test rows are single paths and equal weights, for reference.", "",
            f"Latency (full catalogue: {lat['photos']} photos, {lat['listings']} listings), warm, "
-           f"k=10, {lat['threads']} threads, 2 shared CPU cores with training running: "
+           f"k=10, {lat['threads']} threads, {lat['cpu']['model']} ({lat['cpu']['usable_cores']} "
+           f"cores, load average {lat['cpu'].get('loadavg')} after the run): "
            f"search_text p50 **{lat['search_text_p50_ms']} ms** (p90 {lat['search_text_p90_ms']}"
            f" ms), of which query encoding p50 {lat['encode_only_p50_ms']} ms.", ""]
     (a.out / "text_search.md").write_text("\n".join(md))

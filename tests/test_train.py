@@ -115,3 +115,23 @@ def test_drop_path_only_while_training():
         model.tail.train()
         a, b = model.tail(h), model.tail(h)
     assert not torch.allclose(a, b)
+
+
+def test_ema_checkpoint_holds_the_averaged_weights(data_dir, tmp_path):
+    """An epoch checkpoint's EMA weights become a checkpoint of their own (a teacher from the
+    epoch with the best accuracy): the averaged weights, not the raw ones, and it loads."""
+    from mkt.training.ema_checkpoint import ema_checkpoint, main
+
+    out = tmp_path / "ema"
+    train(_cfg(data_dir, out, arch="efficientnet_lite0", mode="cached", heads_only=True,
+               epochs=2, ema=0.9, lr=5e-3))
+    raw = torch.load(out / "epoch-001.pt", map_location="cpu", weights_only=True)
+    ema_checkpoint(out / "epoch-001.pt", tmp_path / "t.pt")
+    model, ckpt = load_checkpoint(tmp_path / "t.pt")
+    w = model.state_dict()["classifier.weight"]
+    assert torch.equal(w, raw["ema_state_dict"]["classifier.weight"])
+    assert not torch.equal(w, raw["state_dict"]["classifier.weight"])
+    assert "optimizer" not in ckpt
+    train(_cfg(data_dir, tmp_path / "noema", arch="small_cnn", weights=None, mode="full",
+               epochs=1, batch_listings=8))
+    assert main([str(tmp_path / "noema" / "epoch-000.pt"), str(tmp_path / "x.pt")]) == 2

@@ -75,3 +75,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike, obj: Any, *, sort_keys: bool = False) -> Path:
     """Write ``obj`` as JSON (indent 2, trailing newline) to ``path`` atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n")
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """A path as committed reports and manifests record it: relative to the working folder
+    when it lies inside it, else as given (never this machine's absolute path for a file of
+    the checkout)."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from mkt.runtime.fsutil import display_path
 from mkt.training import metrics as M
 from mkt.training.report import md_table, plot_confusion, plot_per_class, write_json
 from mkt.training.train import ece_score
@@ -45,6 +46,7 @@ METRIC_NAMES = {
 }
 PROBE_C = 0.1
 PRICE_K = 25
+
 
 
 def score(logits: np.ndarray, emb: np.ndarray, y: np.ndarray, listing: np.ndarray,
@@ -318,11 +320,11 @@ def evaluate(checkpoint: Path, data: Path | None = None, out: Path | None = None
     support = np.bincount(y_te, minlength=n)
     ck_sha = ckpt["data"].get("split_sha256", "")
     report = {
-        "checkpoint": {"path": str(checkpoint.resolve()), "arch": ckpt["arch"],
+        "checkpoint": {"path": display_path(checkpoint), "arch": ckpt["arch"],
                        "pretrained": ckpt.get("pretrained"), "epoch": ckpt.get("epoch"),
                        "best_metric": ckpt.get("best_metric"), "command": ckpt.get("command"),
                        "config": ckpt.get("config"), "data": ckpt.get("data")},
-        "data": {"clean_dir": str(data.resolve()), "split_sha256": _split_sha(data),
+        "data": {"clean_dir": display_path(data), "split_sha256": _split_sha(data),
                  "split_matches_checkpoint": (_split_sha(data) == ck_sha) if ck_sha else None,
                  "limit": limit},
         "counts": {"train_photos": int(tr.sum()), "test_photos": int(te.sum()),

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mkt.runtime.fsutil import display_path
 from mkt.training import metrics as M
 
 PRICE_K = 25
@@ -83,7 +84,7 @@ def evaluate_bundle(bundle: str | Path, data: str | Path, *, precision: str = "i
     flags = q["uncertain"]
     correct = pred == y
     return {
-        "bundle": str(bundle),
+        "bundle": display_path(bundle),
         "precision": q["variant"],
         "split": split,
         "n_photos": int(len(y)),
