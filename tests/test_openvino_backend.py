@@ -1,8 +1,10 @@
 """``--backend openvino`` gives the answers onnxruntime gives (skipped without openvino).
 
 Tolerance: fp32 logits within 1e-3 of onnxruntime's; int8 (the QDQ graph, OpenVINO's own int8
-kernels) same top-1 on every photo and embedding cosine >= 0.995 (measured: min 0.998 on the
-shipped bundle)."""
+kernels) embedding cosine >= 0.995 (measured: min 0.998 on the shipped bundles) and the same
+top-1 wherever onnxruntime's top two logits are more than 0.1 apart: on near-ties the two
+engines' int8 rounding may pick either (seen on an AVX-512 VNNI CPU: three classes within 0.1
+of each other, one photo in 29)."""
 
 from __future__ import annotations
 
@@ -34,7 +36,10 @@ def test_openvino_matches_onnxruntime(bundle_dir, photos, variant):
     x = ref.load(photos)
     la, ea = ref.predict(x)
     lb, eb = ov.predict(x)
-    np.testing.assert_array_equal(la.argmax(1), lb.argmax(1))
+    top2 = np.sort(la, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > (0.1 if variant == "int8" else 0.0)
+    np.testing.assert_array_equal(la.argmax(1)[clear], lb.argmax(1)[clear])
+    assert clear.mean() >= 0.8
     cos = (ea * eb).sum(1) / np.linalg.norm(ea, axis=1) / np.linalg.norm(eb, axis=1)
     if variant == "fp32":
         np.testing.assert_allclose(lb, la, atol=1e-3)

@@ -68,7 +68,7 @@ def test_training_calibration_and_runtime_share_pixels(awkward):
     # training's dataset (full mode): the contract's normalisation of the same pixels
     ds = _PhotoDataset([str(p) for p in awkward.values()], eval_transform(pre))
     for i, k in enumerate(awkward):
-        assert np.array_equal(ds[i].numpy(), pre.normalise(runtime[k][None])[0]), k
+        assert np.array_equal(ds[i][0].numpy(), pre.normalise(runtime[k][None])[0]), k
     # the CPU mode's stem cache and evaluation features
     for k, p in awkward.items():
         assert np.array_equal(load_uint8(p, SIZE), runtime[k]), k
