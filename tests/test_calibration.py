@@ -118,3 +118,21 @@ def test_shipped_bundle_flags_junk_in_classify_similar_and_price(tmp_path, fixtu
             assert flags == [True] * len(junk) + [False] * len(examples), flags
         else:  # far from the catalogue: noise at least; the examples never
             assert flags[0] and flags[len(junk):] == [False] * len(examples), (cmd, flags)
+
+
+def test_pixel_stats_match_the_plain_formula():
+    """The channel-by-channel pixel_stats gives the numbers the thresholds were fitted with:
+    grey = mean over channels, content = any channel above the pad level, on photos, noise,
+    flat frames and a letterboxed strip."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (6, 48, 48, 3), dtype=np.uint8)
+    x[1] = 0
+    x[2] = 9
+    x[3, :20] = 0
+    x[4] = rng.integers(0, 12, (48, 48, 3), dtype=np.uint8)
+    for i, a in enumerate(x):
+        g = a.astype(np.float32).mean(2)
+        content = a.max(2) > 8
+        std = float(g[content].std()) if content.sum() > 16 else 0.0
+        grad = float(np.abs(np.diff(g, axis=1)).mean())
+        assert pixel_stats(a).tolist() == [[std, grad, float(np.float32(content.mean()))]], i
