@@ -40,17 +40,18 @@ def main() -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from mkt.runtime.bench import cpu_info
     from mkt.runtime.embed_job import run_embed_job
     from mkt.runtime.model import Model
 
     photos = sorted((args.data / "images").glob("*.jpg"))[: args.photos]
     res: dict = {"photos": len(photos), "cpus": args.cpus, "precision": args.precision,
                  "batch_size": args.batch_size, "machine": platform.machine(),
-                 "cpu_count": os.cpu_count(), "command": "python benchmarks/embed_throughput.py "
-                 + " ".join(sys.argv[1:])}
+                 "cpu": cpu_info(), "cpu_count": os.cpu_count(),
+                 "command": "python benchmarks/embed_throughput.py " + " ".join(sys.argv[1:])}
     with tempfile.TemporaryDirectory() as tmp:
         lst = Path(tmp) / "list.parquet"
-        pq.write_table(pa.table({"path": [str(p) for p in photos]}), lst)
+        pq.write_table(pa.table({"path": [str(p.resolve()) for p in photos]}), lst)
         model = Model(None, threads=args.cpus, variant=args.precision)
         model.run(model.load([photos[0]]))  # warm
         load0 = os.getloadavg()[0]

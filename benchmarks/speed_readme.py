@@ -46,6 +46,18 @@ def _f(v: Any, nd: int = 1) -> str:
     return "–" if v is None else f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 
+def _load_note(machine: dict[str, Any]) -> str:
+    """Whether the run had the cores to itself: more runnable tasks at the start (1-minute
+    load average) than usable cores means other jobs took part of the CPU, and every time
+    is then an upper bound."""
+    load = (machine.get("loadavg") or [0.0])[0]
+    cores = machine.get("usable_cores") or machine.get("logical_cores") or 2
+    if load > cores:
+        return (f" (**loaded**: other jobs shared the {cores} cores; rerun on a quiet machine "
+                "for the real figures)")
+    return " (quiet: nothing else ran)"
+
+
 def render(bench: dict[str, Any], cmp: dict[str, Any] | None,
            venv: dict[str, Any] | None) -> str:
     m, t = bench["machine"], bench["targets"]
@@ -54,9 +66,8 @@ def render(bench: dict[str, Any], cmp: dict[str, Any] | None,
     L = [f"`mkt bench` on {m['model']} ({m.get('physical_cores', '?')} cores, "
          f"{', '.join(m.get('simd', []))}), bundle {bench['bundle']['variant']} "
          f"({bench['bundle'].get('backend', 'onnxruntime')}), threads "
-         f"{bench['settings']['threads']}; **load average {m.get('loadavg')} at start, "
-         f"{m.get('loadavg_end')} at end** (other jobs shared the 2 cores: rerun on a quiet "
-         "machine for the real figures). Full output: "
+         f"{bench['settings']['threads']}; load average {m.get('loadavg')} at start, "
+         f"{m.get('loadavg_end')} at end{_load_note(m)}. Full output: "
          "[benchmarks/results/bench.json](benchmarks/results/bench.json).", "",
          "| measure | value | target | met |", "| --- | --- | --- | --- |"]
 
