@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -46,8 +45,7 @@ def main() -> int:
 
     photos = sorted((args.data / "images").glob("*.jpg"))[: args.photos]
     res: dict = {"photos": len(photos), "cpus": args.cpus, "precision": args.precision,
-                 "batch_size": args.batch_size, "machine": platform.machine(),
-                 "cpu": cpu_info(), "cpu_count": os.cpu_count(),
+                 "batch_size": args.batch_size, "cpu": cpu_info(),
                  "command": "python benchmarks/embed_throughput.py " + " ".join(sys.argv[1:])}
     with tempfile.TemporaryDirectory() as tmp:
         lst = Path(tmp) / "list.parquet"

@@ -187,13 +187,16 @@ class OpenVINOSession:
     compiled one a fraction of that. One infer request, used under a lock (an OpenVINO
     request is not thread-safe; onnxruntime sessions are)."""
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, *,
+                 cache: bool | None = None) -> None:
+        """``cache``: use the compiled-graph cache (default: unless ``MKT_ORT_CACHE=0``);
+        ``False`` compiles cold, as a benchmark of the compile time wants."""
         import openvino as ov
 
         from .hashcache import cache_dir
 
         core = ov.Core()
-        if ort_cache_enabled():
+        if ort_cache_enabled() if cache is None else cache:
             try:
                 d = cache_dir() / "openvino"
                 d.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,6 @@ PROBE_C = 0.1
 PRICE_K = 25
 
 
-
 def score(logits: np.ndarray, emb: np.ndarray, y: np.ndarray, listing: np.ndarray,
           logprice: np.ndarray, db_emb: np.ndarray, db_y: np.ndarray, db_logprice: np.ndarray,
           n_classes: int, k_price: int = PRICE_K) -> dict:
