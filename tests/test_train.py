@@ -92,6 +92,21 @@ def test_resume_continues_from_last_epoch(data_dir, tmp_path):
     assert [h["epoch"] for h in metrics["history"]] == [0, 1]
 
 
+def test_stop_after_epoch_keeps_the_schedule(data_dir, tmp_path):
+    """Stopping a 4-epoch run after epoch 1 gives the same epoch-1 weights and learning rate as
+    the full run (a teacher used at an early epoch need not train on), and nothing after it."""
+    base = dict(arch="small_cnn", weights=None, mode="full", batch_listings=8, epochs=4,
+                patience=9, threads=1)
+    train(_cfg(data_dir, tmp_path / "full", **base))
+    train(_cfg(data_dir, tmp_path / "cut", stop_after_epoch=1, **base))
+    assert not (tmp_path / "cut" / "epoch-002.pt").exists()
+    full, cut = (torch.load(tmp_path / r / "epoch-001.pt", map_location="cpu", weights_only=True)
+                 for r in ("full", "cut"))
+    assert cut["scheduler"]["_last_lr"] == full["scheduler"]["_last_lr"]
+    for k, v in full["state_dict"].items():
+        assert torch.allclose(cut["state_dict"][k].float(), v.float(), atol=1e-6), k
+
+
 def test_supcon_prefers_matching_pairs():
     groups = torch.tensor([0, 1, 2, 0, 1, 2])
     good = torch.nn.functional.normalize(torch.eye(3).repeat(2, 1), dim=1)

@@ -137,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     split = td.split[photo]
     train, val = split == "train", (split == "val") & (view == 0)
     dim = int(a.dim or ckpt["embed_dim"])
+    if int(train.sum()) < dim:
+        print(f"{a.cache}: {int(train.sum())} train views, fewer than the head's {dim} "
+              "outputs (its PCA start needs at least as many); use more photos or --dim",
+              file=sys.stderr)
+        return 2
     state, info = train_head(x, td.listing[photo], td.label[photo], train, val,
                              train & (view == 0), dim, steps=a.steps, lr=a.lr, seed=a.seed)
     head = RetrievalHead(int(ckpt["embed_dim"]), x.shape[1] - int(ckpt["embed_dim"]), dim, w)

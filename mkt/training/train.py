@@ -83,6 +83,9 @@ class TrainConfig:
     seed: int = 0
     patience: int = 3
     max_steps: int | None = None  # stop after this many optimiser steps (tests, smoke runs)
+    # stop after this epoch (0-based) of an `epochs`-long schedule, the LR schedule unchanged:
+    # a teacher used at an earlier epoch need not train past it
+    stop_after_epoch: int | None = None
     limit_photos: int | None = None
     threads: int | None = None
     workers: int | None = None  # image path's decoding processes (None: 4 on a GPU, 1 on a CPU)
@@ -802,6 +805,9 @@ def train(cfg: TrainConfig) -> dict:
         if improved:
             save_checkpoint(out / "best.pt", eval_model, cfg, data, epoch, metrics, best)
         if cfg.max_steps and step >= cfg.max_steps:
+            break
+        if cfg.stop_after_epoch is not None and epoch >= cfg.stop_after_epoch:
+            print(f"stop after epoch {epoch} (of a {cfg.epochs}-epoch schedule)", flush=True)
             break
         if stale >= cfg.patience:
             print(f"early stop: no val improvement in {cfg.patience} epochs", flush=True)
