@@ -150,3 +150,16 @@ def test_ema_checkpoint_holds_the_averaged_weights(data_dir, tmp_path):
     train(_cfg(data_dir, tmp_path / "noema", arch="small_cnn", weights=None, mode="full",
                epochs=1, batch_listings=8))
     assert main([str(tmp_path / "noema" / "epoch-000.pt"), str(tmp_path / "x.pt")]) == 2
+
+
+def test_train_help_names_every_registered_arch():
+    """`mkt train --help` lists the backbones by hand (the CLI must not import torch for
+    help); every registered arch must be in it."""
+    from typer.testing import CliRunner
+
+    from mkt.cli import app
+    from mkt.training.models import REGISTRY
+
+    out = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "300"}).output
+    missing = [name for name in REGISTRY if name not in out]
+    assert not missing, missing

@@ -119,7 +119,8 @@ def train_main(
     data: Path | None = typer.Option(None, help="Cleaned + split data folder."),
     out: Path | None = typer.Option(None, help="Run folder for checkpoints and logs."),
     arch: str = typer.Option("efficientnet_lite0",
-                             help="Backbone: efficientnet_lite0, resnet50 or small_cnn."),
+                             help="Backbone: efficientnet_lite0, efficientnet_lite1 (240 px), "
+                             "efficientnet_lite2 (260 px), resnet50 or small_cnn."),
     weights: str = typer.Option(
         "imagenet", help="Start weights: imagenet, none, or the path of a state dict."),
     mode: str = typer.Option(
