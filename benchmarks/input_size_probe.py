@@ -76,7 +76,9 @@ def write_results(rows: list[dict], cpu: dict, data: str, out: Path) -> None:
         "# Native vs 224 px input, frozen trunks, val split\n\n"
         f"`python benchmarks/input_size_probe.py --data {data} --out {out}`\n\n"
         f"CPU: {cpu['model']}, {cpu['usable_cores']} cores ({', '.join(cpu.get('simd', []))}); "
-        "ms a photo: the extraction's wall time over the train and val photos (decode, preprocess, onnxruntime at batch 64, and the one-off ONNX export) divided by their number.\n\n"
+        "ms a photo: the extraction's wall time over the train and val photos (decode, "
+        "preprocess, onnxruntime at batch 64, and the one-off ONNX export) divided by their "
+        "number.\n\n"
         + table + "\n", encoding="utf-8")
 
 if __name__ == "__main__":
