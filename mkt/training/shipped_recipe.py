@@ -82,12 +82,20 @@ def _run_step(step: Step, runs: Path) -> dict:
             "logs": {n: f"{n}.log" for n in step.commands}}
 
 
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mkt.training.shipped_recipe",
                                  description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="cleaned data dir with its split")
     ap.add_argument("--runs", required=True, help="output dir (runs, caches, logs, timings)")
-    ap.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--cores", type=int, default=_usable_cores(),
+                    help="cores to use (default: this process's)")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--n-aug", type=int, default=7)
     ap.add_argument("--teacher-epoch", type=int, default=5)
