@@ -49,8 +49,13 @@ def export_bundle(
     import numpy as np
 
     from mkt.runtime import bundle as B
-    from mkt.runtime.fsutil import atomic_write_json, display_path
-    from mkt.training.checkpoint import model_id_from_state_dict, preprocess_of, read_checkpoint
+    from mkt.runtime.fsutil import atomic_write_json
+    from mkt.training.checkpoint import (
+        data_for_report,
+        model_id_from_state_dict,
+        preprocess_of,
+        read_checkpoint,
+    )
 
     from .onnx_export import OPSET, export_fp32, torch_outputs, wrap_checkpoint
     from .parity import (
@@ -180,9 +185,7 @@ def export_bundle(
         models = {"int8": B.INT8_FILE} if int8_only else {"int8": B.INT8_FILE,
                                                          "fp32": B.FP32_FILE}
         graph_outputs = wrapped.output_names(size)
-        cdata = dict(ckpt.get("data") or {})
-        if cdata.get("clean_dir"):
-            cdata["clean_dir"] = display_path(cdata["clean_dir"])
+        cdata = data_for_report(ckpt) or {}
         manifest = {
             "schema_version": B.SCHEMA_VERSION,
             "model_id": model_id_from_state_dict(ckpt["state_dict"]),

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from mkt.runtime.fsutil import atomic_write_bytes
+from mkt.runtime.fsutil import atomic_write_bytes, display_path
 from mkt.runtime.preprocess import Preprocess
 
 CHECKPOINT_FORMAT = "mkt-checkpoint/1"
@@ -69,6 +69,16 @@ def preprocess_of(ckpt: Mapping[str, Any]) -> Preprocess:
         return Preprocess.from_dict(ckpt["preprocess"])
     return Preprocess(size=int(ckpt["input_size"]), mean=tuple(ckpt["mean"]),
                       std=tuple(ckpt["std"]))
+
+
+def data_for_report(ckpt: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A checkpoint's ``data`` as committed reports and manifests show it. Training records the
+    clean dir absolute (export and evaluation find it from any folder); a report says it
+    relative to the checkout, never as this machine's path."""
+    d = ckpt.get("data")
+    if not d or not d.get("clean_dir"):
+        return d
+    return {**d, "clean_dir": display_path(d["clean_dir"])}
 
 
 def model_from_checkpoint(ckpt: Mapping[str, Any]):

@@ -219,6 +219,7 @@ def evaluate(checkpoint: Path, data: Path | None = None, out: Path | None = None
     ``data`` defaults to the checkpoint's cleaned data dir; ``limit`` keeps about that many
     photos (whole listings, every split) for quick checks.
     """
+    from mkt.training.checkpoint import data_for_report
     from mkt.training.features import model_outputs, model_outputs_from_cache
     from mkt.training.models import build_model, get_arch
     from mkt.training.train import TrainConfig, load_checkpoint, load_train_data
@@ -322,7 +323,7 @@ def evaluate(checkpoint: Path, data: Path | None = None, out: Path | None = None
         "checkpoint": {"path": display_path(checkpoint), "arch": ckpt["arch"],
                        "pretrained": ckpt.get("pretrained"), "epoch": ckpt.get("epoch"),
                        "best_metric": ckpt.get("best_metric"), "command": ckpt.get("command"),
-                       "config": ckpt.get("config"), "data": ckpt.get("data")},
+                       "config": ckpt.get("config"), "data": data_for_report(ckpt)},
         "data": {"clean_dir": display_path(data), "split_sha256": _split_sha(data),
                  "split_matches_checkpoint": (_split_sha(data) == ck_sha) if ck_sha else None,
                  "limit": limit},
