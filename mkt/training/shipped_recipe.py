@@ -5,9 +5,10 @@ averaged teacher checkpoint, a distilled student, a retrieval head). Spelled out
 README they drift, and "within 90 minutes on two cores" is only a claim until a command
 times it. This runs those steps with the shipped settings, one core a run where two run side
 by side and every core otherwise, and writes ``R/timings.json``: each step's commands, wall
-seconds and log, the total, and the CPU it ran on. ``--dry-run`` prints the commands only.
-The smaller knobs (``--epochs``, ``--n-aug``, ``--teacher-epoch``, ``--retrieval-steps``)
-exist for smoke runs; the defaults are the shipped recipe.
+seconds and return codes (each command's log is ``R/<name>.log``), the total, and the CPU it
+ran on. ``--dry-run`` prints the commands only. The smaller knobs (``--epochs``, ``--n-aug``,
+``--teacher-epoch``, ``--retrieval-steps``) exist for smoke runs; the defaults are the
+shipped recipe.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def recipe_steps(data: str, runs: str, *, cores: int, epochs: int = 12, n_aug: i
     """The shipped recipe (README "Reproduce everything"; levers.md round 3) as argv lists."""
     from mkt.training.train import TrainConfig, stem_cache_name
 
-    py = sys.executable
+    py = "python"  # recorded and printed as such; _run_step runs this interpreter
     cache = f"{runs}/cache"
 
     def recipe(out: str, split: int, threads: int, *extra: str) -> list[str]:
@@ -72,14 +73,14 @@ def _run_step(step: Step, runs: Path) -> dict:
     procs = {}
     for name, argv in step.commands.items():
         log = open(runs / f"{name}.log", "w", encoding="utf-8")  # noqa: SIM115 - closed below
-        procs[name] = (subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), log)
+        exe = [sys.executable, *argv[1:]] if argv[0] == "python" else argv
+        procs[name] = (subprocess.Popen(exe, stdout=log, stderr=subprocess.STDOUT), log)
     rcs = {}
     for name, (p, log) in procs.items():
         rcs[name] = p.wait()
         log.close()
     return {"step": step.name, "seconds": round(time.time() - t0, 1), "returncodes": rcs,
-            "commands": {n: shlex.join(a) for n, a in step.commands.items()},
-            "logs": {n: f"{n}.log" for n in step.commands}}
+            "commands": {n: shlex.join(a) for n, a in step.commands.items()}}
 
 
 def _usable_cores() -> int:
